@@ -1,0 +1,3 @@
+from steerswitch.cli import app
+
+app(prog_name="steerswitch")

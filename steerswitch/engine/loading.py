@@ -1,0 +1,143 @@
+"""Model loading and decoder-layer discovery.
+
+Invariants:
+- `load_model` never downloads when given the shipped alias or a local directory; a hub id goes
+  through the ordinary `from_pretrained` path (and the user's HF cache / HF_HUB_OFFLINE rules).
+- `decoder_layers` is the one place that knows where a model keeps its decoder blocks. It finds
+  them structurally (the largest ModuleList whose children each contain an attention module), so
+  it needs no per-architecture table.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+SHIPPED_MODELS = {"tiny-coder": "tiny-coder"}
+
+
+class LayerDiscoveryError(ValueError):
+    """The decoder blocks of a model could not be found."""
+
+
+def resolve_model_path(name_or_path: str | Path) -> str:
+    """Map the shipped alias to its directory; return local paths and hub ids unchanged."""
+    name = str(name_or_path)
+    if name in SHIPPED_MODELS:
+        path = Path(str(importlib.resources.files("steerswitch") / "assets" / SHIPPED_MODELS[name]))
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"the shipped model '{name}' is missing its files under {path}")
+        return str(path)
+    return name
+
+
+def _dtype_kwargs(dtype: torch.dtype | str | None) -> dict[str, Any]:
+    if dtype is None:
+        return {}
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    # transformers 5 renamed torch_dtype to dtype (4.56 accepts both).
+    return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[nn.Module, Any]:
+    """Load a causal LM and its tokenizer from a hub id, a local directory, or the shipped alias.
+
+    The tokenizer pads on the left (generation and last-token capture rely on it) and has a pad
+    token (the EOS token when the checkpoint defines none).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, **_dtype_kwargs(dtype))
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
+    model.name_or_path = str(name_or_path)
+    return model, tokenizer
+
+
+def _has_attention(module: nn.Module) -> bool:
+    for name, child in module.named_modules():
+        if not name:
+            continue
+        leaf = name.rsplit(".", 1)[-1].lower()
+        if "attention" in type(child).__name__.lower() or leaf in {"attn", "self_attn", "attention", "self_attention"}:
+            return True
+    return False
+
+
+def decoder_layers(model: nn.Module, override: str | None = None) -> list[nn.Module]:
+    """Return the decoder blocks of `model`, in order.
+
+    `override` is a dotted attribute path (e.g. "model.layers") for a model whose blocks the
+    structural search cannot find.
+    """
+    if override is not None:
+        target: Any = model
+        for part in override.split("."):
+            if not hasattr(target, part):
+                raise LayerDiscoveryError(
+                    f"{type(model).__name__} has no attribute path '{override}' (failed at '{part}')"
+                )
+            target = getattr(target, part)
+        if not isinstance(target, (nn.ModuleList, nn.Sequential)) or len(target) == 0:
+            raise LayerDiscoveryError(f"'{override}' on {type(model).__name__} is not a non-empty ModuleList")
+        return list(target)
+
+    cached = getattr(model, "_steerswitch_layer_path", None)
+    if cached is not None:
+        return list(model.get_submodule(cached))
+
+    best: tuple[tuple[int, int, int], str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if not all(_has_attention(child) for child in module):
+            continue
+        lowered = name.lower()
+        # Prefer the text decoder over vision/audio towers of the same length, then shallower paths.
+        text_bias = 0 if any(k in lowered for k in ("vision", "visual", "audio", "image", "encoder")) else 1
+        key = (len(module), text_bias, -name.count("."))
+        if best is None or key > best[0]:
+            best = (key, name, module)
+    if best is None:
+        raise LayerDiscoveryError(
+            f"could not find the decoder layers of {type(model).__name__}: no ModuleList whose children "
+            "each contain an attention module. Pass layers_path='<dotted.path>' (decoder_layers(model, "
+            "override=...)) to name them."
+        )
+    try:
+        model._steerswitch_layer_path = best[1]  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - some wrappers forbid attributes; caching is optional
+        pass
+    return list(best[2])
+
+
+def model_info(model: nn.Module) -> dict[str, Any]:
+    """Name, architecture, layer count and hidden size: what registries and records need."""
+    config = getattr(model, "config", None)
+    hidden = model.get_input_embeddings().weight.shape[-1] if hasattr(model, "get_input_embeddings") else None
+    return {
+        "name": str(getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", "") or type(model).__name__),
+        "architecture": type(model).__name__,
+        "num_layers": len(decoder_layers(model)),
+        "hidden_size": int(hidden) if hidden is not None else None,
+    }
