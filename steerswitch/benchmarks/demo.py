@@ -1,0 +1,144 @@
+"""`steerswitch demo`: unsteered vs each registry domain, side by side, with a scored summary.
+
+Invariants:
+- Every row of one prompt (the unsteered control and each domain) runs in ONE per-row batch,
+  with the same generation settings, and every domain's row and the control are scored with
+  that domain's keyword list (word-boundary matching), paired by prompt.
+- The summary covers every held-out neutral prompt (the `eval` split: used neither to extract
+  the vectors nor to choose their layer and alpha), with n and standard errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from steerswitch.benchmarks.metrics import keyword_count, mean_se, paired_differences, rep_n
+from steerswitch.engine import SteeringEngine
+
+
+class DomainSummary(BaseModel):
+    domain: str
+    layer: int
+    alpha: float
+    alpha_units: str
+    n: int
+    hit_rate_steered: float  # fraction of outputs with at least one keyword hit
+    hit_rate_unsteered: float
+    hits_steered: float  # mean keyword hits per output
+    hits_steered_se: float
+    hits_unsteered: float
+    hits_unsteered_se: float
+    hits_diff: float  # paired steered - unsteered
+    hits_diff_se: float
+    rep3_steered: float
+
+
+class DemoResult(BaseModel):
+    model: str
+    registry: str
+    max_new_tokens: int
+    prompts: list[str]
+    outputs: dict[str, list[str]]  # variant ("unsteered" or domain) -> text per prompt
+    summaries: list[DomainSummary]
+
+
+def run_demo(
+    engine: SteeringEngine,
+    registry: Any,
+    *,
+    prompts: list[str],
+    model_name: str = "tiny-coder",
+    registry_path: str = "",
+    max_new_tokens: int = 32,
+    batch_prompts: int = 8,
+    scale: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> DemoResult:
+    """Generate every prompt unsteered and under each domain (one per-row batch per prompt chunk)."""
+    domains = list(registry.domains)
+    variants = ["unsteered", *domains]
+    steers = {d: [registry.steer(d, scale=scale)] for d in domains}
+    outputs: dict[str, list[str]] = {v: [] for v in variants}
+    tokens: dict[str, list[list[int]]] = {v: [] for v in variants}
+    for start in range(0, len(prompts), batch_prompts):
+        chunk = prompts[start:start + batch_prompts]
+        rows_prompts = [p for p in chunk for _ in variants]
+        rows_steers = [[] if v == "unsteered" else steers[v] for _ in chunk for v in variants]
+        results = engine.generate(rows_prompts, steers=rows_steers, max_new_tokens=max_new_tokens)
+        for i, result in enumerate(results):
+            variant = variants[i % len(variants)]
+            outputs[variant].append(result.text or "")
+            tokens[variant].append(result.token_ids)
+        if progress is not None:
+            progress(min(start + batch_prompts, len(prompts)), len(prompts))
+    summaries = []
+    for domain in domains:
+        keywords = registry.keywords(domain)
+        steered = [float(keyword_count(t, keywords)) for t in outputs[domain]]
+        control = [float(keyword_count(t, keywords)) for t in outputs["unsteered"]]
+        s_mean, s_se = mean_se(steered)
+        c_mean, c_se = mean_se(control)
+        d_mean, d_se = mean_se(paired_differences(steered, control))
+        entry = registry.entry(domain)
+        summaries.append(
+            DomainSummary(
+                domain=domain, layer=entry.layer, alpha=entry.alpha * scale, alpha_units=entry.alpha_units, n=len(prompts),
+                hit_rate_steered=sum(h > 0 for h in steered) / len(steered),
+                hit_rate_unsteered=sum(h > 0 for h in control) / len(control),
+                hits_steered=s_mean, hits_steered_se=s_se, hits_unsteered=c_mean, hits_unsteered_se=c_se,
+                hits_diff=d_mean, hits_diff_se=d_se,
+                rep3_steered=sum(rep_n(t, 3) for t in tokens[domain]) / len(tokens[domain]),
+            )
+        )
+    return DemoResult(
+        model=model_name, registry=registry_path, max_new_tokens=max_new_tokens, prompts=prompts,
+        outputs=outputs, summaries=summaries,
+    )
+
+
+def render(result: DemoResult, show: int = 3) -> list[Any]:
+    """Rich renderables: a side-by-side table for the first `show` prompts, then the summary."""
+    from rich.table import Table
+    from rich.text import Text
+
+    keywords_by_domain = {s.domain: s for s in result.summaries}
+    pieces: list[Any] = []
+    variants = list(result.outputs)
+    for i, prompt in enumerate(result.prompts[:show]):
+        table = Table(title=f"prompt {i + 1}: {prompt!r}", show_lines=True, expand=True)
+        for variant in variants:
+            s = keywords_by_domain.get(variant)
+            table.add_column(variant if s is None else f"{variant}\nL{s.layer} alpha={s.alpha:g} ({s.alpha_units})", overflow="fold")
+        table.add_row(*[Text(result.outputs[v][i].strip()[:300]) for v in variants])
+        pieces.append(table)
+    summary = Table(title=f"keyword hits over {len(result.prompts)} held-out neutral prompts (paired by prompt, mean ± SE)")
+    for col in ("domain", "layer", "alpha", "hit rate steered", "hit rate unsteered", "hits steered", "hits unsteered", "diff", "rep3"):
+        summary.add_column(col, justify="right" if col != "domain" else "left")
+    for s in result.summaries:
+        summary.add_row(
+            s.domain, str(s.layer), f"{s.alpha:g} {s.alpha_units[:3]}", f"{s.hit_rate_steered:.0%}", f"{s.hit_rate_unsteered:.0%}",
+            f"{s.hits_steered:.2f} ± {s.hits_steered_se:.2f}", f"{s.hits_unsteered:.2f} ± {s.hits_unsteered_se:.2f}",
+            f"{s.hits_diff:+.2f} ± {s.hits_diff_se:.2f}", f"{s.rep3_steered:.2f}",
+        )
+    pieces.append(summary)
+    return pieces
+
+
+def summary_lines(result: DemoResult) -> list[str]:
+    return [
+        f"{s.domain}: keyword hit rate {s.hit_rate_steered:.0%} steered vs {s.hit_rate_unsteered:.0%} unsteered "
+        f"(hits/output {s.hits_steered:.2f} vs {s.hits_unsteered:.2f}, paired diff {s.hits_diff:+.2f} ± {s.hits_diff_se:.2f}, n={s.n})"
+        for s in result.summaries
+    ]
+
+
+def default_prompts(n: int | None = None) -> list[str]:
+    from steerswitch.vectors.prompts import load_prompt_set
+
+    prompts = load_prompt_set("neutral", "eval")
+    return prompts[:n] if n else prompts
+
+
+__all__ = ["DemoResult", "DomainSummary", "default_prompts", "render", "run_demo", "summary_lines"]
