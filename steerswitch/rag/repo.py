@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import git
@@ -45,6 +46,24 @@ def _stderr(e: git.GitCommandError) -> str:
     text = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else str(e.stderr or "")
     text = text.strip().removeprefix("stderr:").strip().strip("'").strip()
     return text or str(e)
+
+
+@lru_cache(maxsize=32)
+def tree_entries(git_dir: str, commit: str) -> dict[str, tuple[str, str, str]]:
+    """Every entry of ``commit``'s tree: path -> (mode, type, sha), symlinks (120000) and
+    submodules (type "commit") included. The one ``ls-tree`` reader of the project."""
+    env = {**os.environ, **_READ_ENV}
+    proc = subprocess.run(["git", "--git-dir", git_dir, "ls-tree", "-r", "-z", "--full-tree", commit], capture_output=True, env=env)
+    if proc.returncode != 0:
+        raise ValueError(f"{git_dir}: cannot list commit {commit!r}: {proc.stderr.decode(errors='replace').strip()}")
+    out: dict[str, tuple[str, str, str]] = {}
+    for rec in proc.stdout.split(b"\0"):
+        if not rec:
+            continue
+        meta, _, path = rec.partition(b"\t")
+        mode, typ, sha = meta.decode().split()
+        out[path.decode("utf-8", "surrogateescape")] = (mode, typ, sha)
+    return out
 
 
 def repo_dirname(repo: str) -> str:
@@ -152,20 +171,15 @@ class RepoCache:
             raise ValueError(f"{repo}: commit {commit!r} not found in {self._git_dir(repo)}")
 
     def _tree(self, repo: str, commit: str) -> dict[str, str]:
-        """path -> blob sha for every blob at ``commit`` (cached)."""
+        """path -> blob sha for every regular file at ``commit`` (cached)."""
         key = (repo, commit)
         if key not in self._trees:
             self._require_commit(repo, commit)
-            out = self._run(repo, ["ls-tree", "-r", "-z", "--full-tree", commit]).stdout
-            tree: dict[str, str] = {}
-            for rec in out.split(b"\0"):
-                if not rec:
-                    continue
-                meta, _, path = rec.partition(b"\t")
-                mode, typ, sha = meta.split()
-                if typ == b"blob" and mode != b"120000":  # symlinks carry a target path, not content
-                    tree[path.decode("utf-8", "surrogateescape")] = sha.decode()
-            self._trees[key] = tree
+            self._trees[key] = {
+                path: sha
+                for path, (mode, typ, sha) in tree_entries(self._git_dir(repo), commit).items()
+                if typ == "blob" and mode != "120000"  # symlinks carry a target path, not content
+            }
         return self._trees[key]
 
     def _missing_blobs(self, repo: str, commit: str) -> set[str]:

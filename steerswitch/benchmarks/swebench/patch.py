@@ -32,13 +32,14 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, computed_field
 from unidiff import PatchSet
 from unidiff.errors import UnidiffParseError
+
+from steerswitch.rag.repo import tree_entries
 
 __all__ = [
     "PatchCheck",
@@ -160,19 +161,8 @@ def _git(git_dir: str, *args: str, input: bytes | None = None, env: dict[str, st
     return subprocess.run(cmd, input=input, capture_output=True, env=full_env, cwd=cwd, timeout=_TIMEOUT_S)
 
 
-@lru_cache(maxsize=16)
 def _ls_tree(git_dir: str, commit: str) -> dict[str, tuple[str, str]]:
-    proc = _git(git_dir, "ls-tree", "-r", "-z", "--full-tree", commit)
-    if proc.returncode != 0:
-        raise ValueError(f"{git_dir}: cannot list commit {commit!r}: {proc.stderr.decode(errors='replace').strip()}")
-    out: dict[str, tuple[str, str]] = {}
-    for rec in proc.stdout.split(b"\0"):
-        if not rec:
-            continue
-        meta, _, path = rec.partition(b"\t")
-        mode, _typ, sha = meta.decode().split()
-        out[path.decode("utf-8", "surrogateescape")] = (mode, sha)
-    return out
+    return {path: (mode, sha) for path, (mode, _typ, sha) in tree_entries(git_dir, commit).items()}
 
 
 # ------------------------------------------------------------------------------------- extraction
