@@ -30,6 +30,7 @@ def main(
     alphas: str = typer.Option("0.25,0.5,0.75,1.0", help="relative alphas searched"),
     layers: str = typer.Option("", help="layers searched (default: every layer)"),
     max_new_tokens: int = typer.Option(32),
+    position: str = typer.Option("last", help="token rule of the domain vectors: last or mean (over all tokens)"),
     threads: int = typer.Option(2),
 ) -> None:
     from steerswitch.benchmarks.perf import environment
@@ -42,7 +43,7 @@ def main(
     torch.set_num_threads(threads)
     console = Console()
     model, tokenizer = load_model(model_dir)
-    extract_registry(model, tokenizer, "tiny-coder", model_dir, domains=list(DOMAINS), method="mean_diff", position="last")
+    extract_registry(model, tokenizer, "tiny-coder", model_dir, domains=list(DOMAINS), method="mean_diff", position=position)
     registry_path = model_dir / "registry.yaml"
     registry = VectorRegistry.load(registry_path, model_info=model_info(model))
     engine = SteeringEngine(model, tokenizer)

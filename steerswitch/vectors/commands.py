@@ -59,7 +59,7 @@ def extract_registry(
     negative_file: str | Path | None = None,
     name: str | None = None,
     method: Method = "mean_diff",
-    position: Literal["last", "all"] = "last",
+    position: Literal["last", "all", "mean"] = "last",
     layers: Sequence[int] | None = None,
     split: Literal["extract", "eval"] | None = "extract",
     batch_size: int = 16,
@@ -106,13 +106,14 @@ def extract_registry(
         names = list(domains) if domains else list(DOMAINS)
         sets = {d: load_prompt_set(d, split) for d in names}
         neutral = load_prompt_set(NEUTRAL, split)
-        if method == "mean_diff" and position == "last":
+        if method == "mean_diff" and position in ("last", "mean"):
             vectors = domain_vectors(
                 model,
                 tokenizer,
                 sets,
                 neutral,
                 layers=layers,
+                position=position,
                 chat=chat,
                 batch_size=batch_size,
                 descriptions={d: f"{d} vs neutral ({split or 'all'} split)" for d in names},

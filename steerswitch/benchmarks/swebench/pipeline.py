@@ -7,8 +7,11 @@ Layout of a run directory ``OUT``::
     OUT/<variant>/records.jsonl      one PredictionRecord per instance: PatchCheck, retrieval, timings
 
 Invariants:
-- Work is a list of items (instance x variant) handed to an executor ``run_items(items, worker_fn,
-  on_result)``; workers compute, the driver alone writes (``on_result`` runs in the driver).
+- Work is a list of items (instance x variant) handed to an executor ``executor(items, worker,
+  on_result)`` (``steerswitch.benchmarks.executor``: in-process, or Ray actors holding one model
+  each); workers compute, the driver alone writes (``on_result`` runs in the driver). An item whose
+  remote workers kept dying arrives as an ``ItemFailure`` and is recorded as an error (redo it with
+  ``retry_errors``).
 - Each result is appended to ``records.jsonl`` and then ``predictions.jsonl`` and fsync'ed, one
   instance at a time. On start the driver reads both back: a torn last line is cut off, a
   record without its prediction gets the prediction written, duplicates are dropped, and the
@@ -28,13 +31,17 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from steerswitch.benchmarks.executor import Executor, ItemFailure, LocalExecutor, WorkerFactory
+from steerswitch.benchmarks.executor import append_jsonl as _append_line
+from steerswitch.benchmarks.executor import read_jsonl as _read_jsonl_recover
+from steerswitch.benchmarks.executor import rewrite_jsonl as _rewrite_jsonl
 from steerswitch.benchmarks.swebench.instances import Instance
 from steerswitch.benchmarks.swebench.patch import PatchCheck, PatchSource, patch_files, process_output
 from steerswitch.rag.pack import pack_context
@@ -58,9 +65,6 @@ __all__ = [
     "retrieve_for",
     "model_name_or_path",
 ]
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 _VARIANT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]*$")
 
@@ -140,8 +144,11 @@ def model_name_or_path(model: str, variant: str) -> str:
 
 # ------------------------------------------------------------------------------------- executor
 
-@dataclass(frozen=True)
-class WorkItem:
+class WorkItem(BaseModel):
+    """One (instance, variant); plain data, so any executor can ship it."""
+
+    model_config = ConfigDict(frozen=True)
+
     instance: Instance
     variant: str
 
@@ -149,61 +156,18 @@ class WorkItem:
     def key(self) -> tuple[str, str]:
         return (self.instance.instance_id, self.variant)
 
+    @property
+    def affinity(self) -> str:
+        """Items of one instance share its retrieval: executors keep them on one worker when they can."""
+        return self.instance.instance_id
 
-class Executor(Protocol):
-    def __call__(self, items: Sequence[T], worker_fn: Callable[[T], R], on_result: Callable[[T, R], None]) -> None: ...
 
-
-def run_items(items: Sequence[T], worker_fn: Callable[[T], R], on_result: Callable[[T, R], None]) -> None:
-    """The in-process executor: run each item in order and hand its result to ``on_result`` at once.
-
-    An exception from ``worker_fn`` propagates (the run stops; results already handed over are kept).
-    """
-    for item in items:
-        on_result(item, worker_fn(item))
+run_items = LocalExecutor()
+"""The in-process executor: each item in order, its result handed to ``on_result`` at once; an
+exception from the worker propagates (the run stops; results already handed over are kept)."""
 
 
 # ------------------------------------------------------------------------------------- store
-
-def _read_jsonl_recover(path: Path) -> list[dict[str, Any]]:
-    """Lines of a JSONL file; a torn last line (no newline, from a kill) is cut off the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        with open(path, "r+b") as fh:
-            fh.truncate(keep)
-            fh.flush()
-            os.fsync(fh.fileno())
-        data = data[:keep]
-    out: list[dict[str, Any]] = []
-    for lineno, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} line {lineno}: not valid JSON ({e.msg}); the run directory is corrupt") from None
-    return out
-
-
-def _rewrite_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _append_line(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
 
 class PredictionStore:
     """``records.jsonl`` + ``predictions.jsonl`` of one variant; the records file is the source of truth."""
@@ -378,15 +342,21 @@ def _check_run_json(out_dir: Path, cfg: PipelineConfig) -> None:
 def run_pipeline(
     instances: Sequence[Instance],
     out_dir: str | Path,
-    generator: Generator,
-    repos: RepoCache,
+    generator: Generator | None,
+    repos: RepoCache | None,
     cfg: PipelineConfig | None = None,
     executor: Executor = run_items,
     progress: bool = True,
     retry_errors: bool = False,
+    worker: WorkerFactory | None = None,
 ) -> RunSummary:
-    """Run every (instance, variant) not yet recorded in ``out_dir``; resumable after a kill."""
+    """Run every (instance, variant) not yet recorded in ``out_dir``; resumable after a kill.
+
+    The worker is ``SwebenchWorker(repos, generator, cfg)``, or ``worker`` (a factory from
+    ``runner.swebench_worker_factory``, required by remote executors; ``generator``/``repos`` unused)."""
     cfg = cfg or PipelineConfig()
+    if worker is None and (generator is None or repos is None):
+        raise ValueError("run_pipeline needs a generator and a RepoCache, or a worker factory")
     for v in cfg.variants:
         if not _VARIANT_RE.match(v):
             raise ValueError(f"variant name {v!r} must match {_VARIANT_RE.pattern} (it names a directory)")
@@ -395,9 +365,9 @@ def run_pipeline(
     _check_run_json(out_dir, cfg)
     stores = {v: PredictionStore(out_dir / v) for v in cfg.variants}
     done = {v: s.load(retry_errors=retry_errors) for v, s in stores.items()}
-    items = [WorkItem(inst, v) for inst in instances for v in cfg.variants if inst.instance_id not in done[v]]
+    items = [WorkItem(instance=inst, variant=v) for inst in instances for v in cfg.variants if inst.instance_id not in done[v]]
     skipped = len(instances) * len(cfg.variants) - len(items)
-    worker = SwebenchWorker(repos, generator, cfg)
+    worker_fn = worker if worker is not None else SwebenchWorker(repos, generator, cfg)  # type: ignore[arg-type]
     counts = {"completed": 0, "errors": 0}
 
     from rich.progress import Progress
@@ -408,13 +378,20 @@ def run_pipeline(
     with bar:
         task = bar.add_task("swebench", total=len(items))
 
-        def on_result(item: WorkItem, rec: PredictionRecord) -> None:
+        def on_result(item: WorkItem, rec: PredictionRecord | ItemFailure) -> None:
+            if isinstance(rec, ItemFailure):  # its workers kept dying: recorded as an error, redone by retry_errors
+                inst = item.instance
+                why = f"worker lost: {rec.reason}"
+                rec = PredictionRecord(instance_id=inst.instance_id, variant=item.variant, repo=inst.repo,
+                                       base_commit=inst.base_commit, model_name_or_path=model_name_or_path(cfg.model, item.variant),
+                                       error=why, check=PatchCheck(reasons=[why]),
+                                       retrieval=RetrievalInfo(gold_files=patch_files(inst.patch)))
             stores[item.variant].write(rec)  # the driver alone writes
             counts["completed"] += 1
             counts["errors"] += rec.error is not None
             bar.update(task, advance=1)
 
-        executor(items, worker, on_result)
+        executor(items, worker_fn, on_result)
     return RunSummary(out_dir=str(out_dir), variants=list(cfg.variants), instances=len(instances), skipped=skipped,
                       completed=counts["completed"], errors=counts["errors"])
 

@@ -8,6 +8,10 @@ Invariants:
   ``validate_patch`` that judges model patches.
 - Variants: ``baseline`` is unsteered; any other variant names a registry domain, optionally with
   a scale (``domain@0.5``; ``domain@0`` is the alpha = 0 control), steered for the whole generation.
+- ``swebench_worker_factory`` describes a pipeline worker by names and paths only
+  (``SwebenchWorkerSpec``), so an executor can build it anywhere (one model per Ray actor). A worker
+  prepares the spec's repositories before its first item under a lock in the cache directory, so
+  on each node they are cloned once, however many workers share it.
 """
 
 from __future__ import annotations
@@ -17,16 +21,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
+from steerswitch.benchmarks.executor import WorkerFactory
 from steerswitch.benchmarks.swebench.instances import Instance
 from steerswitch.benchmarks.swebench.patch import patch_files, validate_patch
-from steerswitch.benchmarks.swebench.pipeline import DirectGenerator, PipelineConfig
+from steerswitch.benchmarks.swebench.pipeline import DirectGenerator, PipelineConfig, SwebenchWorker
 from steerswitch.benchmarks.metrics import summarize
 from steerswitch.benchmarks.report import progress_bar
 from steerswitch.rag.repo import RepoCache
 from steerswitch.rag.retriever import Retriever, RetrieverConfig
 
 __all__ = ["default_cache_dir", "open_repos", "parse_variant", "registry_steer_fn", "make_direct_generator",
-           "retrieve_instances", "check_gold"]
+           "retrieve_instances", "check_gold", "prepare_repos", "SwebenchWorkerSpec", "build_swebench_worker",
+           "swebench_worker_factory"]
 
 
 def default_cache_dir() -> Path:
@@ -86,6 +94,59 @@ def make_direct_generator(model: str, variants: Sequence[str], registry_path: Pa
         registry = VectorRegistry.load(registry_path, model_info=model_info(mdl))  # type: ignore[arg-type]
         steer_fn = registry_steer_fn(registry, variants)
     return DirectGenerator(engine, max_new_tokens=max_new_tokens, steer_fn=steer_fn)
+
+
+def prepare_repos(repos: RepoCache, names: Sequence[str]) -> dict[str, str]:
+    """Open (cloning when needed) each ``owner/name`` once, under a lock in the cache directory, so
+    workers sharing a node clone a repository once. Returns ``{repo: error}`` for those that failed
+    (their instances then record the error; the worker itself still starts)."""
+    from filelock import FileLock
+
+    repos.cache_dir.mkdir(parents=True, exist_ok=True)
+    errors: dict[str, str] = {}
+    with FileLock(str(repos.cache_dir / ".prepare.lock")):
+        for name in dict.fromkeys(names):
+            try:
+                repos.open(name)
+            except Exception as e:  # noqa: BLE001 - recorded per instance by the pipeline
+                errors[name] = f"{type(e).__name__}: {e}"
+    return errors
+
+
+class SwebenchWorkerSpec(BaseModel):
+    """A pipeline worker by names and paths only: what a remote executor ships to each worker."""
+
+    cfg: PipelineConfig
+    model: str | None = None  # what to load (default cfg.model, which names the predictions), e.g. an absolute path
+    registry: str | None = None  # vector registry YAML for non-baseline variants
+    max_new_tokens: int = Field(256, ge=1)
+    device: str | None = None
+    repos_dir: str | None = None  # local clones (owner__name); the same path on every node
+    repo_url: str | None = None  # clone template for the others
+    cache_dir: str | None = None  # None: default_cache_dir() on each node
+    prepare: list[str] = Field(default_factory=list)  # repositories to open before the first item
+
+
+def build_swebench_worker(spec: SwebenchWorkerSpec) -> SwebenchWorker:
+    """Build one worker: repositories prepared, model loaded, generator ready (runs in the worker)."""
+    repos = open_repos(Path(spec.repos_dir) if spec.repos_dir else None, spec.repo_url,
+                       Path(spec.cache_dir) if spec.cache_dir else None)
+    prepare_repos(repos, spec.prepare)
+    gen = make_direct_generator(spec.model or spec.cfg.model, spec.cfg.variants, Path(spec.registry) if spec.registry else None,
+                                max_new_tokens=spec.max_new_tokens, device=spec.device)
+    return SwebenchWorker(repos, gen, spec.cfg)
+
+
+def swebench_worker_factory(spec: SwebenchWorkerSpec) -> WorkerFactory:
+    """A `WorkerFactory` for ``spec``, checked in the driver first (variants vs the registry's domains)."""
+    others = [v for v in spec.cfg.variants if v != "baseline"]
+    if others:
+        if spec.registry is None:
+            raise ValueError(f"variants {others} need --registry (a vector registry YAML); only 'baseline' runs without one")
+        from steerswitch.vectors.registry import VectorRegistry
+
+        registry_steer_fn(VectorRegistry.load(spec.registry), spec.cfg.variants)
+    return WorkerFactory(build_swebench_worker, spec)
 
 
 def _progress(enabled: bool) -> Any:

@@ -1,0 +1,71 @@
+"""The shipped default model and its registry: loading, validation, and steering that measurably works."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from steerswitch.benchmarks.demo import DomainSummary, default_prompts, run_demo
+from steerswitch.benchmarks.sweep import default_registry_path
+from steerswitch.cli import app
+from steerswitch.engine import SteeringEngine, load_model, model_info, resolve_model_path
+from steerswitch.vectors.prompts import DOMAINS
+from steerswitch.vectors.registry import VectorRegistry
+
+# A domain "measurably steers" when its paired keyword-hit gain over the alpha = 0 control is at
+# least MIN_GAIN hits per output AND at least two standard errors.
+MIN_GAIN = 0.5
+
+
+def steers_measurably(s: DomainSummary) -> bool:
+    return s.hits_diff >= MIN_GAIN and s.hits_diff > 2 * s.hits_diff_se
+
+
+@pytest.fixture(scope="module")
+def default_engine():
+    model, tokenizer = load_model("tiny-coder")
+    registry = VectorRegistry.load(default_registry_path("tiny-coder"), model_info=model_info(model))
+    return SteeringEngine(model, tokenizer), registry
+
+
+def test_alias_and_directory_load_the_same_model(default_engine) -> None:
+    engine, registry = default_engine
+    path = resolve_model_path("tiny-coder")
+    model, tokenizer = load_model(path)
+    assert model_info(model)["num_layers"] == engine.num_layers
+    assert tokenizer.chat_template
+    # the registry validates against the model (hidden size, layer range, sha256 of each vector)
+    reg = VectorRegistry.load(default_registry_path(path), model_info=model_info(model))
+    assert sorted(reg.domains) == sorted(DOMAINS) == sorted(registry.domains)
+
+
+@pytest.fixture(scope="module")
+def demo_runs(default_engine):
+    engine, registry = default_engine
+    prompts = default_prompts()
+    assert len(prompts) >= 20
+    steered = run_demo(engine, registry, prompts=prompts, max_new_tokens=24)
+    control = run_demo(engine, registry, prompts=prompts, max_new_tokens=24, scale=0.0)
+    return steered, control
+
+
+def test_each_domain_raises_its_keyword_rate(demo_runs) -> None:
+    steered, _ = demo_runs
+    failing = {s.domain: (round(s.hits_diff, 2), round(s.hits_diff_se, 2)) for s in steered.summaries if not steers_measurably(s)}
+    assert not failing, f"domains without a measurable keyword gain (diff, se): {failing}"
+
+
+def test_alpha_zero_does_not_pass_the_margin(demo_runs) -> None:
+    _, control = demo_runs
+    assert all(s.alpha == 0.0 for s in control.summaries)
+    assert not any(steers_measurably(s) for s in control.summaries)
+    # at alpha = 0 the "steered" rows are the control rows, token for token
+    for s in control.summaries:
+        assert control.outputs[s.domain] == control.outputs["unsteered"]
+
+
+def test_demo_command_prints_every_domain() -> None:
+    result = CliRunner().invoke(app, ["demo", "--prompts", "3", "--max-new-tokens", "12"])
+    assert result.exit_code == 0, result.output
+    for domain in DOMAINS:
+        assert domain in result.output
