@@ -44,15 +44,17 @@ def demo_runs(default_engine):
     engine, registry = default_engine
     prompts = default_prompts()
     assert len(prompts) >= 20
-    steered = run_demo(engine, registry, prompts=prompts, max_new_tokens=24)
-    control = run_demo(engine, registry, prompts=prompts, max_new_tokens=24, scale=0.0)
+    steered = run_demo(engine, registry, prompts=prompts, max_new_tokens=32)
+    control = run_demo(engine, registry, prompts=prompts, max_new_tokens=32, scale=0.0)
     return steered, control
 
 
-def test_each_domain_raises_its_keyword_rate(demo_runs) -> None:
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_domain_raises_its_keyword_rate(demo_runs, domain: str) -> None:
     steered, _ = demo_runs
-    failing = {s.domain: (round(s.hits_diff, 2), round(s.hits_diff_se, 2)) for s in steered.summaries if not steers_measurably(s)}
-    assert not failing, f"domains without a measurable keyword gain (diff, se): {failing}"
+    summary = next(s for s in steered.summaries if s.domain == domain)
+    assert summary.n >= 20
+    assert steers_measurably(summary), f"{domain}: gain {summary.hits_diff:+.2f} ± {summary.hits_diff_se:.2f} hits/output"
 
 
 def test_alpha_zero_does_not_pass_the_margin(demo_runs) -> None:

@@ -33,7 +33,11 @@ def test_shipped_prompt_sets() -> None:
         texts = load_prompt_set(name)
         extract, held = load_prompt_set(name, "extract"), load_prompt_set(name, "eval")
         assert len(texts) >= 40 and len(set(texts)) == len(texts)
-        assert len(extract) + len(held) == len(texts) and 0.2 <= len(held) / len(texts) <= 0.3
+        assert len(extract) + len(held) == len(texts)
+        if name == "neutral":  # the demo's held-out set: at least 20 prompts scored with SEs
+            assert len(held) >= 20 and len(extract) >= 30
+        else:
+            assert 0.2 <= len(held) / len(texts) <= 0.3
         assert not set(extract) & set(held)
     for name in DOMAINS:
         words = domain_keywords(name)
