@@ -93,12 +93,15 @@ USER_TEMPLATES = [
 GENERATION_DEFAULTS: dict[str, object] = {"do_sample": False, "max_new_tokens": 128, "repetition_penalty": 1.3}
 SAMPLE_MAX_NEW_TOKENS = 64
 
+# Prompts end mid-line: with the shipped tokenizer a trailing "\n" is an unusual token boundary
+# (see train_tokenizer). The last one is a ChatML turn, as the agents send it.
 SAMPLE_PROMPTS = [
     "def add(a, b):\n    return",
-    "import os\n\n\ndef list_python_files(root):\n",
-    "class Stack:\n    def __init__(self):\n",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-    "    def test_split(self):\n        s = 'a,b,c'\n",
+    "import os\n\n\ndef list_python_files(root):",
+    "class Stack:\n    def __init__(self):",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"",
+    "    def test_split(self):\n        s = 'a,b,c'",
+    "<|im_start|>user\nReturn the sum of two numbers.<|im_end|>\n<|im_start|>assistant\n",
 ]
 
 console = Console(stderr=True)
@@ -240,21 +243,25 @@ def chat_samples(stdlib: Path, files: list[CorpusFile], limit: int, seed: int) -
 # --------------------------------------------------------------------------- tokenizer
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int):  # -> PreTrainedTokenizerFast
-    """Byte-level BPE with the four special tokens at ids 0-3, "\n" always a token of its own,
-    and no post-processor (no BOS)."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, isolate_newlines: bool = False):
+    """Byte-level BPE (a PreTrainedTokenizerFast) with the four special tokens at ids 0-3 and no
+    post-processor (no BOS).
+
+    With the plain GPT-2 regex (the default, and the shipped model) a newline merges with the
+    next line's indentation ("\n   "), so a prompt ending in "\n" looks like the start of an
+    unindented line and the model continues `def f():\n` at column 0. ``isolate_newlines`` makes
+    every "\n" a token of its own, which removes that boundary effect (not yet shipped: the
+    domain registry is built on the current model).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    # Every "\n" is its own pre-token (so its own token): with the plain GPT-2 regex the newline
-    # merges with the next line's indentation ("\n   "), and a prompt ending in "\n" then looks
-    # like the start of an unindented line (the model answered `def f():\n` at column 0).
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(pattern="\n", behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Split(pattern="\n", behavior="isolated"), byte_level])
+        if isolate_newlines
+        else byte_level
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -401,6 +408,20 @@ def write_model_card(out: Path, log: dict) -> None:
     )
     gen = ", ".join(f"{k}={v}" for k, v in log["sample_generation"].items())
     corpus = log["corpus"]
+    if log.get("tokenizer", {}).get("isolate_newlines", False):
+        newline_note = (
+            "Every `\\n` is a token of its own (the pre-tokenizer isolates it before the GPT-2\n"
+            "byte-level split), so a prompt that ends at a line break is a natural token boundary."
+        )
+    else:
+        newline_note = (
+            "The pre-tokenizer is GPT-2's regex, so a\n"
+            "newline merges with the next line's indentation (`\"\\n   \"` then `\" return\"`). A prompt that ends\n"
+            "in a bare `\\n` therefore reads as the start of an *unindented* line: after `def f():\\n` the\n"
+            "model tends to continue at column 0. End prompts before the newline (`def f():`) or include\n"
+            "the indentation; ChatML prompts (`<|im_start|>assistant\\n` then code at column 0) are unaffected.\n"
+            "(`--isolate-newlines` trains a tokenizer without this effect.)"
+        )
     card = f"""# tiny-coder
 
 The embedded default model of steerswitch: a small Llama trained from scratch on the Python
@@ -421,9 +442,7 @@ Tokenizer: `tokenizer(text)` adds **no** BOS/EOS token (there is no post-process
 GPT-2 and Qwen); documents were separated by `<|endoftext|>` and training windows start at
 arbitrary offsets, so prompts need no BOS. Padding is on the left (`<|pad|>`). The chat template
 is ChatML; generation stops at `<|endoftext|>` or `<|im_end|>` (`generation_config.json`).
-Byte-level BPE is lossless: `decode(encode(s)) == s` for any string. Every `\n` is a token of
-its own (the pre-tokenizer isolates it before the GPT-2 byte-level split), so indentation is
-separate from the newline and a prompt that ends at a line break is a natural token boundary.
+Byte-level BPE is lossless: `decode(encode(s)) == s` for any string. {newline_note}
 
 ## Training data and licence
 
@@ -515,6 +534,9 @@ def main(
     ),
     manifest: Path = typer.Option(None, help="Rebuild from this corpus_manifest.json (hashes checked)."),
     no_samples: bool = typer.Option(False, "--no-samples", help="Skip greedy samples and the model card."),
+    isolate_newlines: bool = typer.Option(
+        False, "--isolate-newlines", help='Make every "\\n" its own token (not the shipped tokenizer).'
+    ),
     card_only: bool = typer.Option(
         False, "--card-only", help="Do not train: rewrite generation_config, samples and MODEL_CARD.md in --out."
     ),
@@ -569,7 +591,7 @@ def main(
     console.log(f"corpus: {len(train_files)} train / {len(val_files)} val files, {len(chats)} chat samples")
 
     # 3-4. tokenizer and token streams
-    tokenizer = train_tokenizer(docs, vocab)
+    tokenizer = train_tokenizer(docs, vocab, isolate_newlines)
     tokenizer.model_max_length = context
     train_stream = encode_stream(tokenizer, docs)
     val_stream = encode_stream(tokenizer, val_docs)
@@ -686,6 +708,7 @@ def main(
     log = {
         "command": ".venv/bin/python " + shlex.join(argv),
         "seed": seed,
+        "tokenizer": {"vocab": vocab, "isolate_newlines": isolate_newlines},
         "model_config": config.to_dict(),
         "parameters": n_params,
         "weights_mb": weights_mb,
