@@ -121,6 +121,7 @@ class _LayerOp:
     alphas: torch.Tensor  # (n, 1, 1) absolute alphas
     delta: torch.Tensor | None  # add only: (rows_total, 1, H) = alpha * unit, zero for other rows
     label: str
+    check: bool  # whether the output must be checked for non-finite values at run time
 
 
 @dataclass(frozen=True)
@@ -345,7 +346,13 @@ class SteeringEngine:
                     else:
                         delta = contribution
                 label = ", ".join(f"alpha={float(a):g}" for a in alphas.tolist()[:4])
-                layer_ops.append(_LayerOp(mode, positions, row_idx, units[:, None, :], alphas[:, None, None], delta, label))
+                if delta is not None and not bool(torch.isfinite(delta).all()):
+                    raise SteeringError(f"non-finite steering at layer {layer} (mode={mode}, {label}): alpha x direction overflows {dtype}")
+                # Adding a finite delta to a finite float32 state stays finite, so the add hot
+                # path skips the per-forward reduction; half precision and the other modes can
+                # overflow or divide, so they are checked on every forward.
+                check = mode != "add" or dtype in (torch.float16, torch.bfloat16)
+                layer_ops.append(_LayerOp(mode, positions, row_idx, units[:, None, :], alphas[:, None, None], delta, label, check))
             ops[layer] = tuple(layer_ops)
         return SteeringPlan(steers=rows, per_row=per_row, ops=ops)
 
@@ -451,8 +458,8 @@ class SteeringEngine:
             if mask is not None:
                 new = torch.where(mask, new, sub)
             h = new if op.rows is None else h.index_copy(0, op.rows, new)
-        if self.check_finite and not bool(torch.isfinite(h).all()):
-            op = ops[0]
+        if self.check_finite and any(op.check for op in ops) and not bool(torch.isfinite(h).all()):
+            op = next(op for op in ops if op.check)
             raise SteeringError(f"non-finite hidden state after steering at layer {layer} (mode={op.mode}, {op.label})")
         return h
 
