@@ -600,6 +600,7 @@ def bench_interference(
     rag: str = typer.Option("0,1024,2048,4096", "--rag", help="retrieved-context sizes in tokens (capped to the model's context)"),
     scales: str = typer.Option("0,0.5,1,2,4", "--scales", help="alpha as multiples of the registry alpha (0 always added)"),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
+    score: str = typer.Option("pass_keywords", "--score", help="what alpha is calibrated on: pass (task pass rate) or pass_keywords (its harmonic mean with the domain keyword rate)"),
     tasks: Optional[Path] = typer.Option(None, "--tasks", help="task JSONL (default: the shipped interference tasks)"),
     quick: bool = typer.Option(False, "--quick", help="few-shot {0, 3}, RAG {0, max}, scales {0, 1, 2}"),
     seed: int = typer.Option(0, "--seed"),
@@ -617,6 +618,7 @@ def bench_interference(
         config = itf.InterferenceConfig(
             model=model, registry=str(registry) if registry else None, domains=list(domain or []), few_shot=_bench_ints(few_shot, "--few-shot"),
             rag_tokens=_bench_ints(rag, "--rag"), scales=_bench_floats(scales, "--scales"), max_new_tokens=max_new_tokens, seed=seed, quick=quick,
+            score=score,
         )
         task_set = itf.load_tasks(tasks)
     except ValueError as e:

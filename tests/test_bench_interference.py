@@ -135,5 +135,36 @@ def test_run_interference_on_a_tiny_model(tiny, tmp_path: Path) -> None:
     assert all(r.prompt_tokens + 3 <= tiny.model.config.max_position_embeddings for r in result.rows)
     for cell in result.cells:
         rows = [r for r in result.rows if (r.n_few_shot, r.rag_tokens, r.scale) == (cell.n_few_shot, cell.rag_tokens, cell.scale)]
-        assert cell.score.n == n_tasks and cell.score.mean == pytest.approx(sum(r.passed for r in rows) / n_tasks)
+        assert cell.pass_rate.n == n_tasks and cell.pass_rate.mean == pytest.approx(sum(r.passed for r in rows) / n_tasks)
+        kw = sum(r.keyword_hit for r in rows) / n_tasks
+        assert cell.keyword_rate.mean == pytest.approx(kw)
+        # default score: harmonic mean of pass rate and keyword rate (0 when either is 0)
+        p = cell.pass_rate.mean
+        assert cell.score == pytest.approx(0.0 if p == 0 or kw == 0 else 2 * p * kw / (p + kw))
+    assert all(r["score"] == c.score for r, c in zip(result.records, result.cells))
     assert (result.fit is None) == ("test_writing" in result.excluded_domains)
+
+
+def test_interference_command(tmp_path: Path) -> None:
+    from test_vectors_fixtures import save_tiny_model_dir
+    from typer.testing import CliRunner
+
+    from steerswitch.cli import app
+
+    model_dir = save_tiny_model_dir(tmp_path / "model")
+    g = torch.Generator().manual_seed(4)
+    vec = SteeringVector({layer: torch.randn(64, generator=g) for layer in range(4)}, num_layers=4)
+    build_registry("tiny", {"test_writing": vec}, {"test_writing": (1, 0.5)}, model_dir, keywords={"test_writing": domain_keywords("test_writing")})
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["bench", "interference", "--model", str(model_dir), "--few-shot", "0,1", "--rag", "0,4096",
+                                   "--scales", "1", "--max-new-tokens", "3", "--out", str(out), "--json", str(tmp_path / "i.json")])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "interference.json").read_text())
+    assert data == json.loads((tmp_path / "i.json").read_text())
+    assert data["context_limit"] == 128 and any("capped" in n for n in data["notes"])
+    assert {c["scale"] for c in data["aggregates"]} == {0.0, 1.0}
+    assert (out / "alpha_policy.yaml").is_file() == (data["policy"] is not None)
+    if data["policy"] is not None:
+        assert AlphaPolicy.from_yaml(out / "alpha_policy.yaml").few_shot_k == pytest.approx(data["policy"]["few_shot_k"])
+    bad = CliRunner().invoke(app, ["bench", "interference", "--model", str(model_dir), "--few-shot", "x"])
+    assert bad.exit_code != 0 and "--few-shot" in bad.output

@@ -23,7 +23,11 @@ Invariants:
   capping; the cap and every capped size are reported in the output.
 - Every condition runs every alpha of the grid, alpha = 0 included; alphas are multiples of the
   domain's registry alpha (same units), and records carry the actual alpha.
-- score = pass rate of the domain's tasks under the domain's vector at that alpha; records are
+- Per cell: pass rate of the domain's tasks under the domain's vector at that alpha, and keyword
+  rate (completions with at least one of the domain's registry keywords, whole sub-words). The
+  calibrated score is the pass rate (`score="pass"`) or, by default, the harmonic mean of the two
+  (`"pass_keywords"`): steering is meant to buy domain behaviour without losing correctness, and
+  on small models the pass rate alone often peaks at alpha = 0. Records are
   (domain, n_few_shot, rag_tokens, alpha, score), exactly `CalibrationRecord`.
 - A domain whose best alpha at (0, 0) is 0 (steering never helps its tasks) cannot calibrate a
   scale factor; it is left out of the fit and the output says so.
@@ -46,7 +50,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from pydantic import BaseModel, Field
 
-from steerswitch.benchmarks.metrics import Summary, summarize
+from steerswitch.benchmarks.metrics import Summary, harmonic_mean, keyword_count, summarize
 from steerswitch.engine import SteeringEngine
 
 DEFAULT_FEW_SHOT = (0, 1, 3, 5)
@@ -54,6 +58,7 @@ DEFAULT_RAG = (0, 1024, 2048, 4096)
 DEFAULT_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
 FILLER_MODULES = ("textwrap", "shlex", "fnmatch", "glob", "string", "heapq", "bisect", "queue", "calendar", "difflib")
 _CONTEXT_MARGIN = 8
+ScoreKind = Literal["pass", "pass_keywords"]
 
 
 class TaskSetError(ValueError):
@@ -145,6 +150,7 @@ class InterferenceConfig(BaseModel):
     rag_tokens: list[int] = Field(default_factory=lambda: list(DEFAULT_RAG))
     scales: list[float] = Field(default_factory=lambda: list(DEFAULT_SCALES))  # x the registry alpha
     max_new_tokens: int = Field(default=16, ge=1)
+    score: ScoreKind = "pass_keywords"
     batch_size: int = Field(default=48, ge=1)
     seed: int = 0
     quick: bool = False
@@ -175,6 +181,7 @@ class TaskRow(BaseModel):
     prompt_tokens: int
     completion: str
     passed: bool
+    keyword_hit: bool = False  # the completion has at least one of the domain's registry keywords
 
 
 class CellScore(BaseModel):
@@ -183,7 +190,9 @@ class CellScore(BaseModel):
     rag_tokens: int
     scale: float
     alpha: float
-    score: Summary
+    pass_rate: Summary
+    keyword_rate: Summary
+    score: float  # what calibration uses: the pass rate, or its harmonic mean with the keyword rate
 
 
 class InterferenceResult(BaseModel):
@@ -302,6 +311,7 @@ def run_interference(
     done = 0
     for domain in domains:
         entry = registry.entry(domain)
+        keywords = registry.keywords(domain)
         domain_tasks = [t for t in tasks if t.domain == domain]
         for cond in conditions:
             prompts, steers, meta = [], [], []
@@ -317,41 +327,51 @@ def run_interference(
                 rows.append(TaskRow(
                     domain=domain, task=task.id, n_few_shot=cond.n_few_shot, rag_tokens=cond.rag_tokens, scale=scale,
                     alpha=entry.alpha * scale, prompt_tokens=n_ids, completion=text, passed=check_answer(task, text),
+                    keyword_hit=keyword_count(text, keywords) > 0,
                 ))
             done += 1
             say(f"{domain}: {cond.n_few_shot} shots, {cond.rag_tokens} RAG tokens", done, total)
 
-    cells, records = score_cells(rows, {d: registry.entry(d).alpha for d in domains}, conditions, config.scales)
+    cells, records = score_cells(rows, {d: registry.entry(d).alpha for d in domains}, conditions, config.scales, config.score)
     policy, fit, excluded = fit_policy(records, AlphaPolicy())
     return InterferenceResult(
         config=config, conditions=conditions, context_limit=limit, rag_cap=cap, notes=notes, rows=rows, cells=cells,
-        records=[r.model_dump() for r in records], policy=policy.model_dump(mode="json", exclude={"fit_summary"}) if fit is not None else None,
+        records=[r.model_dump() for r in records], policy=policy.model_dump(mode="json") if fit is not None else None,
         fit=fit, excluded_domains=excluded, seconds=time.perf_counter() - started,
     )
 
 
 def score_cells(
-    rows: Sequence[TaskRow], base_alpha: dict[str, float], conditions: Sequence[Condition], scales: Sequence[float]
+    rows: Sequence[TaskRow], base_alpha: dict[str, float], conditions: Sequence[Condition], scales: Sequence[float],
+    score: ScoreKind = "pass",
 ) -> tuple[list[CellScore], list[Any]]:
-    """Pass rate (n, mean, se) per (domain, condition, scale) and one `CalibrationRecord` per cell
-    (alpha = scale x the domain's registry alpha, score = the pass rate)."""
+    """Pass rate and keyword rate (n, mean, se) per (domain, condition, scale) and one
+    `CalibrationRecord` per cell: alpha = scale x the domain's registry alpha; score = the pass rate
+    ("pass") or the harmonic mean of pass rate and keyword rate ("pass_keywords")."""
     from steerswitch.orchestrator.policy import CalibrationRecord
 
-    by_cell: dict[tuple[str, int, int, float], list[float]] = {}
+    by_cell: dict[tuple[str, int, int, float], list[TaskRow]] = {}
     for r in rows:
-        by_cell.setdefault((r.domain, r.n_few_shot, r.rag_tokens, r.scale), []).append(float(r.passed))
+        by_cell.setdefault((r.domain, r.n_few_shot, r.rag_tokens, r.scale), []).append(r)
     cells: list[CellScore] = []
     records: list[CalibrationRecord] = []
     for domain, alpha0 in base_alpha.items():
         for cond in conditions:
             for scale in scales:
-                passed = by_cell.get((domain, cond.n_few_shot, cond.rag_tokens, scale))
-                if not passed:
+                cell_rows = by_cell.get((domain, cond.n_few_shot, cond.rag_tokens, scale))
+                if not cell_rows:
                     raise ValueError(f"no results for {domain} at {cond.n_few_shot} shots, {cond.rag_tokens} RAG tokens, scale {scale}")
-                summary = summarize(passed)
+                passed = summarize([float(r.passed) for r in cell_rows])
+                keywords = summarize([float(r.keyword_hit) for r in cell_rows])
+                value = float(passed.mean or 0.0)
+                if score == "pass_keywords":
+                    value = harmonic_mean([value, float(keywords.mean or 0.0)])
                 alpha = alpha0 * scale
-                cells.append(CellScore(domain=domain, n_few_shot=cond.n_few_shot, rag_tokens=cond.rag_tokens, scale=scale, alpha=alpha, score=summary))
-                records.append(CalibrationRecord(domain=domain, n_few_shot=cond.n_few_shot, rag_tokens=cond.rag_tokens, alpha=alpha, score=float(summary.mean or 0.0)))
+                cells.append(CellScore(
+                    domain=domain, n_few_shot=cond.n_few_shot, rag_tokens=cond.rag_tokens, scale=scale, alpha=alpha,
+                    pass_rate=passed, keyword_rate=keywords, score=value,
+                ))
+                records.append(CalibrationRecord(domain=domain, n_few_shot=cond.n_few_shot, rag_tokens=cond.rag_tokens, alpha=alpha, score=value))
     return cells, records
 
 
@@ -401,23 +421,31 @@ def to_json(result: InterferenceResult, env: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _pct(summary: Summary) -> str:
+    if summary.mean is None:
+        return "-"
+    return f"{summary.mean * 100:.0f}" + (f"±{summary.se * 100:.0f}" if summary.se is not None else "")
+
+
 def tables(result: InterferenceResult) -> list[Any]:
     from rich.table import Table
-
-    from steerswitch.benchmarks.report import fmt
 
     out = []
     scales = result.config.scales
     for domain in result.config.domains:
         n_tasks = len({r.task for r in result.rows if r.domain == domain})
-        table = Table(title=f"interference: {domain} (pass rate over n = {n_tasks} tasks, mean ± se; alpha = scale x registry alpha)")
+        what = "pass rate" if result.config.score == "pass" else "harmonic mean of pass rate and keyword rate"
+        table = Table(title=f"interference: {domain}: score = {what} (pass % / keyword %, ±se), n = {n_tasks} tasks; alpha = scale x registry alpha")
         table.add_column("few-shot", justify="right")
         table.add_column("RAG tokens", justify="right")
         for s in scales:
-            table.add_column(f"x{s:g}", justify="right")
+            table.add_column(f"x{s:g}", justify="right", overflow="fold")
         for cond in result.conditions:
             cells = {c.scale: c for c in result.cells if c.domain == domain and c.n_few_shot == cond.n_few_shot and c.rag_tokens == cond.rag_tokens}
-            table.add_row(str(cond.n_few_shot), str(cond.rag_tokens), *[fmt(cells[s].score, 0, percent=True) for s in scales])
+            table.add_row(str(cond.n_few_shot), str(cond.rag_tokens), *[
+                f"{cells[s].score:.2f} ({_pct(cells[s].pass_rate)}/{_pct(cells[s].keyword_rate)})"
+                for s in scales
+            ])
         if domain in result.excluded_domains:
             table.caption = f"not in the fit: {result.excluded_domains[domain]}"
         out.append(table)
@@ -426,7 +454,7 @@ def tables(result: InterferenceResult) -> list[Any]:
         t = fit["rag_tokens_zero"]
         table = Table(title=f"AlphaPolicy fit: k = {fit['few_shot_k']:.3g}, T = {'none' if t is None else f'{t:.4g}'} tokens, rmse {fit['rmse']:.3f}")
         for col in ("domain", "few-shot", "RAG tokens", "best alpha", "measured ratio", "fitted f*g"):
-            table.add_column(col, justify="right")
+            table.add_column(col, justify="right", overflow="fold")
         for p in fit["points"]:
             table.add_row(p["domain"], str(p["n_few_shot"]), str(p["rag_tokens"]), f"{p['best_alpha']:.3g}", f"{p['ratio']:.3f}", f"{p['predicted']:.3f}")
         out.append(table)
