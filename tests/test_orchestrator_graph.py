@@ -21,10 +21,8 @@ from steerswitch.orchestrator import (
     run_task,
 )
 from steerswitch.agents import load_agents
-from test_orchestrator_support import make_engine, make_registry
+from test_orchestrator_support import N, TASK, Probe, make_engine, make_registry
 
-TASK = "util.parse() returns None for an empty string; it should return an empty list (util.py, line 12)."
-N = 6  # new tokens per step
 
 
 @pytest.fixture(scope="module")
@@ -40,24 +38,6 @@ def engine(root: Path) -> Any:
 @pytest.fixture(scope="module")
 def registry(root: Path) -> Any:
     return make_registry(root / "registry")
-
-
-class Probe:
-    """Records, per step, what the engine's active plan is while the step's tokens are made."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.events: list[Any] = []
-        self.plans: dict[int, list[Any]] = {}
-
-    def __call__(self, event: Any) -> None:
-        self.events.append(event)
-        if event.type in ("step_start", "token"):
-            plan = self.engine.active()
-            self.plans.setdefault(event.index, []).append(None if plan is None else plan.steers)
-
-    def types(self, kind: str) -> list[Any]:
-        return [e for e in self.events if e.type == kind]
 
 
 def _scenario_domains(name: str) -> list[str]:

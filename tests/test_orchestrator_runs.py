@@ -14,10 +14,8 @@ from typing import Any
 import pytest
 
 from steerswitch.orchestrator import OrchestratorError, run_task
-from test_orchestrator_support import make_engine, make_registry
+from test_orchestrator_support import N, TASK, Probe, make_engine, make_registry
 
-TASK = "util.parse() returns None for an empty string; it should return an empty list (util.py, line 12)."
-N = 6  # new tokens per step
 
 
 @pytest.fixture(scope="module")
@@ -33,25 +31,6 @@ def engine(root: Path) -> Any:
 @pytest.fixture(scope="module")
 def registry(root: Path) -> Any:
     return make_registry(root / "registry")
-
-
-class Probe:
-    """Records, per step, what the engine's active plan is while the step's tokens are made."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.events: list[Any] = []
-        self.plans: dict[int, list[Any]] = {}
-
-    def __call__(self, event: Any) -> None:
-        self.events.append(event)
-        if event.type in ("step_start", "token"):
-            plan = self.engine.active()
-            self.plans.setdefault(event.index, []).append(None if plan is None else plan.steers)
-
-    def types(self, kind: str) -> list[Any]:
-        return [e for e in self.events if e.type == kind]
-
 
 
 def test_resume_after_interruption(engine: Any, registry: Any, tmp_path: Path) -> None:

@@ -82,3 +82,25 @@ def make_registry(out_dir: str | Path, layers: dict[str, int] | None = None, alp
     vectors = {d: SteeringVector({layers[d]: torch.randn(64, generator=gen)}, num_layers=4, method="random") for d in DOMAINS}
     choices = {d: (layers[d], alpha * (1 + 0.1 * i)) for i, d in enumerate(DOMAINS)}
     return build_registry("tiny-random", vectors, choices, out_dir, alpha_units=units)  # type: ignore[arg-type]
+
+
+TASK = "util.parse() returns None for an empty string; it should return an empty list (util.py, line 12)."
+N = 6  # new tokens per step
+
+
+class Probe:
+    """Records, per step, what the engine's active plan is while the step's tokens are made."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.events: list[Any] = []
+        self.plans: dict[int, list[Any]] = {}
+
+    def __call__(self, event: Any) -> None:
+        self.events.append(event)
+        if event.type in ("step_start", "token"):
+            plan = self.engine.active()
+            self.plans.setdefault(event.index, []).append(None if plan is None else plan.steers)
+
+    def types(self, kind: str) -> list[Any]:
+        return [e for e in self.events if e.type == kind]
