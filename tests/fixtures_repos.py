@@ -22,22 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from textwrap import dedent
 
+from steerswitch.benchmarks.swebench.instances import INSTANCE_FIELDS  # noqa: E402 - the one schema list
+
 __all__ = ["FixtureBug", "FixtureRepo", "make_fixture_repo", "make_instances", "INSTANCE_FIELDS"]
 
-INSTANCE_FIELDS = (
-    "repo",
-    "instance_id",
-    "base_commit",
-    "patch",
-    "test_patch",
-    "problem_statement",
-    "hints_text",
-    "created_at",
-    "version",
-    "FAIL_TO_PASS",
-    "PASS_TO_PASS",
-    "environment_setup_commit",
-)
 
 
 @dataclass
