@@ -259,3 +259,84 @@ def test_load_model_from_local_directory(tmp_path) -> None:
     assert all(r.new_tokens <= 4 and isinstance(r.text, str) for r in out)
     with torch.no_grad():
         assert torch.allclose(loaded(IDS).logits, model(IDS).logits, atol=1e-5)
+
+
+# ---- positions that survive transformers releases (guard: both directions) --------------------
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generated_steer_under_cache_equals_no_cache_and_acts(arch: str) -> None:
+    """(a) cache on == cache off token for token, and (b) the steer changes the tokens: a steer
+    that silently does nothing passes (a) alone, so both are asserted, unpadded and left padded."""
+    model = make_tiny(arch)
+    model.config.pad_token_id = 0  # GPT-2's default pad (its EOS, 50256) is outside the tiny vocab
+    engine = SteeringEngine(model)
+    steer = Steer(vector=direction(3), layer=1, alpha=40.0, positions="generated")
+    for prompts in ([[5, 17, 3, 99, 4]], [[5, 17, 3, 99, 4, 4, 9], [42, 7], [11, 12, 13]]):
+        plain = engine.generate(prompts, max_new_tokens=8)
+        cached = engine.generate(prompts, steers=[steer], max_new_tokens=8, use_cache=True)
+        uncached = engine.generate(prompts, steers=[steer], max_new_tokens=8, use_cache=False)
+        assert [r.token_ids for r in cached] == [r.token_ids for r in uncached], (arch, prompts)
+        for p, c in zip(plain, cached):
+            assert p.token_ids != c.token_ids, (arch, prompts)
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen3"])
+def test_model_generate_called_directly_inside_steering(arch: str) -> None:
+    """Another library drives model.generate inside `with engine.steering(...)`: the prompt
+    boundary comes from the prefill forward, per row, not from engine.generate."""
+    model = make_tiny(arch)
+    model.config.pad_token_id = 0
+    engine = SteeringEngine(model)
+    prompts = [[5, 17, 3, 99, 4, 4, 9], [42, 7]]
+    steer = Steer(vector=direction(3), layer=1, alpha=40.0, positions="generated")
+    ours = engine.generate(prompts, steers=[steer], max_new_tokens=6)
+    ids, mask = engine.encode(prompts)
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=engine.pad_token_id)
+    plain = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:]
+    with engine.steering([steer]):
+        theirs = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:]
+        single = model.generate(input_ids=ids[:1], **kwargs)[:, ids.shape[1]:]  # no mask at all
+    assert [t.tolist()[: len(r.token_ids)] for t, r in zip(theirs, ours)] == [r.token_ids for r in ours]
+    assert not torch.equal(theirs, plain)
+    assert single[0].tolist()[: len(ours[0].token_ids)] == ours[0].token_ids
+    # the prompt itself is untouched by a generated-only steer: the first token's logits agree
+    with engine.steering([steer]):
+        first_steered = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+    assert torch.allclose(first_steered, model(input_ids=ids, attention_mask=mask).logits[:, -1])
+
+
+def test_positions_unknown_raise_instead_of_steering_nothing(tiny_llama) -> None:
+    engine = SteeringEngine(tiny_llama)
+    steer = Steer(vector=direction(3), layer=1, alpha=4.0, positions="generated")
+
+    class Opaque:  # a cache object whose length cannot be read
+        pass
+
+    from steerswitch.engine.steering import token_positions
+
+    positions, prefill, source = token_positions((), {"input_ids": IDS, "past_key_values": Opaque()})
+    assert positions is None and source == "unreadable cache"
+    with engine.steering([steer]), pytest.raises(SteeringError, match="positions cannot be determined"):
+        engine._track_offset(tiny_llama, (), {"input_ids": IDS, "past_key_values": Opaque()})
+        engine._apply(1, engine.active().ops[1], engine.active(), torch.zeros(1, IDS.shape[1], HIDDEN))
+
+
+def test_token_positions_sources_in_order() -> None:
+    from transformers import DynamicCache
+
+    from steerswitch.engine.steering import token_positions
+
+    ids = torch.tensor([[1, 2]])
+    pos, prefill, source = token_positions((), {"input_ids": ids, "position_ids": torch.tensor([[7, 8]])})
+    assert pos.tolist() == [[7, 8]] and source == "position_ids"
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    pos, prefill, source = token_positions((), {"input_ids": torch.ones(2, 2, dtype=torch.long), "attention_mask": mask})
+    assert pos.tolist() == [[2, 3], [3, 4]] and not prefill and source == "attention_mask"
+    cache = DynamicCache()
+    pos, prefill, source = token_positions((), {"input_ids": ids, "cache": cache})  # transformers 5.24 name
+    assert pos.tolist() == [[0, 1]] and prefill
+    pos, prefill, source = token_positions((), {"input_ids": ids})
+    assert pos.tolist() == [[0, 1]] and prefill and source == "fresh forward"

@@ -9,9 +9,13 @@ Invariants:
   another thread, so two runs may share one engine concurrently.
 - Leaving a `steering` block, also by exception, restores the plan that was active before it;
   outside every block the hooks are inert (the model computes exactly its unsteered function).
-- Positions are absolute token indices in the left-padded batch (offset = tokens already in the
-  KV cache), so `positions="generated"` steers exactly the generated tokens with or without a
-  cache. A row's padding never changes its result: padded slots are masked out of attention.
+- Positions are each row's own absolute token positions (left padding not counted), read by
+  `token_positions` from what the forward is actually given, so they hold across transformers
+  releases that rename the cache keyword. A row's prompt ends where its first forward of a
+  sequence (the prefill, nothing cached) ends, whoever calls `model.generate`; `positions=
+  "generated"` steers exactly the tokens after it, with or without a KV cache. A position-
+  restricted steer on a forward whose positions cannot be read raises SteeringError instead of
+  silently steering nothing. A row's padding never changes its result.
 - The steered hidden state is checked for non-finite values; a failure raises SteeringError
   naming the layer, mode and alpha.
 """
@@ -131,6 +135,7 @@ class SteeringPlan:
     steers: tuple[tuple[Steer, ...], ...]  # one tuple per row, or one tuple for all rows
     per_row: bool
     ops: dict[int, tuple[_LayerOp, ...]] = field(default_factory=dict)
+    positional: bool = False  # some op is restricted to prompt or generated positions
 
     @property
     def layers(self) -> list[int]:
@@ -150,8 +155,88 @@ class GenerationResult:
 class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.plan: SteeringPlan | None = None
-        self.prompt_len: int | None = None  # padded prompt length of the running generation
-        self.offset: int = 0  # tokens already in the KV cache for the running forward
+        # Per running forward: each row's absolute token positions, (batch|1, seq); None = unknown.
+        self.positions: torch.Tensor | None = None
+        self.position_source: str = "none"
+        # Per sequence: each row's prompt length (batch|1,). Inferred from the prefill forward
+        # unless a caller that knows better (sequence_logprobs) pins it.
+        self.prompt_end: torch.Tensor | None = None
+        self.prompt_end_pinned: bool = False
+        self.prompt_ids: torch.Tensor | None = None  # the prefill's input ids (see _track_offset)
+
+
+# Keyword names the KV cache has had across transformers releases; any other keyword holding an
+# object with `get_seq_length` is found too.
+_CACHE_KWARGS = ("cache", "past_key_values", "cache_params", "past")
+_UNREADABLE = -1
+
+
+def _cache_length(kwargs: dict[str, Any]) -> int | None:
+    """Tokens already in the KV cache: None when the forward has no cache, _UNREADABLE when it has
+    one whose length cannot be read."""
+    candidates = [kwargs.get(name) for name in _CACHE_KWARGS]
+    candidates += [v for k, v in kwargs.items() if k not in _CACHE_KWARGS and hasattr(v, "get_seq_length")]
+    found = False
+    for cache in candidates:
+        if cache is None:
+            continue
+        found = True
+        if hasattr(cache, "get_seq_length"):
+            try:
+                return int(cache.get_seq_length())
+            except Exception:  # noqa: BLE001 - some caches need a layer index or are not built yet
+                continue
+        if isinstance(cache, (tuple, list)):  # legacy ((k, v), ...) with k (batch, heads, seq, dim)
+            if len(cache) == 0:
+                return 0
+            try:
+                return int(cache[0][0].shape[-2])
+            except (IndexError, TypeError, AttributeError):
+                continue
+    return _UNREADABLE if found else None
+
+
+def token_positions(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor | None, bool, str]:
+    """Each row's absolute token positions for one model forward, from what it is given.
+
+    Returns (positions (batch|1, seq) long tensor or None when unknown, is_prefill, source).
+    Sources, in order:
+    1. `position_ids`: what the model itself uses; per row, left padding already accounted for.
+    2. the KV cache (`cache`, `past_key_values`, `cache_params`, or any keyword holding an object
+       with `get_seq_length`) for the offset, with a 2-D `attention_mask` spanning cache + input
+       giving per-row positions (cumsum - 1) when present, else offset + arange(seq).
+    3. a 2-D `attention_mask` without a cache: its length minus the input length is the offset.
+    4. nothing cached and no mask: a fresh forward, positions 0..seq-1.
+    A cache whose length cannot be read, with no position_ids, gives None.
+    is_prefill: nothing was cached before this forward (the first forward of a sequence).
+    """
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if ids is None:
+        ids = kwargs.get("inputs_embeds")
+    if not isinstance(ids, torch.Tensor) or ids.ndim < 2:
+        return None, False, "none"
+    seq = int(ids.shape[1])
+    cached = _cache_length(kwargs)
+    position_ids = kwargs.get("position_ids")
+    if isinstance(position_ids, torch.Tensor) and position_ids.ndim >= 2:
+        positions = position_ids[0] if position_ids.ndim == 3 else position_ids  # (3, B, T) mrope
+        if cached == _UNREADABLE:
+            prefill = bool((positions == 0).any())
+        else:
+            prefill = not cached
+        return positions.long(), prefill, "position_ids"
+    if cached == _UNREADABLE:
+        return None, False, "unreadable cache"
+    offset = cached or 0
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.shape[1] >= seq:
+        if cached is None:
+            offset = mask.shape[1] - seq
+        if mask.shape[1] == offset + seq:
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+            return positions, offset == 0, "attention_mask" if cached is None else "cache+attention_mask"
+    positions = torch.arange(offset, offset + seq, device=ids.device).unsqueeze(0)
+    return positions, offset == 0, "cache" if cached is not None else "fresh forward"
 
 
 class _RowStreamer:
@@ -354,7 +439,8 @@ class SteeringEngine:
                 check = mode != "add" or dtype in (torch.float16, torch.bfloat16)
                 layer_ops.append(_LayerOp(mode, positions, row_idx, units[:, None, :], alphas[:, None, None], delta, label, check))
             ops[layer] = tuple(layer_ops)
-        return SteeringPlan(steers=rows, per_row=per_row, ops=ops)
+        positional = any(op.positions != "all" for layer_ops in ops.values() for op in layer_ops)
+        return SteeringPlan(steers=rows, per_row=per_row, ops=ops, positional=positional)
 
     def _ensure_hooks(self, plan: SteeringPlan | None) -> None:
         if plan is None:
@@ -384,6 +470,8 @@ class SteeringEngine:
             yield plan
         finally:
             state.plan = previous
+            if previous is None:  # leaving the outermost block ends its sequences
+                state.prompt_end, state.prompt_ids = None, None
 
     def active(self) -> SteeringPlan | None:
         """The plan the hooks apply right now in this thread (for probes and tests)."""
@@ -402,21 +490,28 @@ class SteeringEngine:
 
     # ---- hooks -------------------------------------------------------------------------------
     def _track_offset(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None:
-            ids = kwargs.get("inputs_embeds")
-        mask = kwargs.get("attention_mask")
-        offset = 0
-        if ids is not None and isinstance(mask, torch.Tensor) and mask.ndim == 2:
-            offset = mask.shape[1] - ids.shape[1]
-        else:
-            cache = kwargs.get("past_key_values")
-            if cache is not None and hasattr(cache, "get_seq_length"):
-                offset = int(cache.get_seq_length())
-        self._state.offset = max(int(offset), 0)
+        state = self._state
+        plan = state.plan
+        if plan is None or not plan.positional:
+            state.positions = None  # no steer needs positions: keep the hot path free
+            return
+        positions, prefill, source = token_positions(args, kwargs)
+        state.positions, state.position_source = positions, source
+        if prefill and positions is not None and not state.prompt_end_pinned:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            seen = state.prompt_ids
+            if (
+                isinstance(ids, torch.Tensor) and seen is not None and state.prompt_end is not None
+                and ids.shape[0] == seen.shape[0] and ids.shape[1] > seen.shape[1]
+                and torch.equal(ids[:, : seen.shape[1]], seen)
+            ):
+                return  # generation without a KV cache re-runs prompt + generated: same sequence
+            # Left padded, so each row's last prefill token is its last prompt token.
+            state.prompt_end = positions[:, -1] + 1
+            state.prompt_ids = ids if isinstance(ids, torch.Tensor) else None
 
     def _clear_offset(self, _module: nn.Module, _args: Any, _output: Any) -> None:
-        self._state.offset = 0
+        self._state.positions = None
 
     def _make_hook(self, layer: int) -> Callable:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
@@ -440,15 +535,12 @@ class SteeringEngine:
         batch, seq = h.shape[0], h.shape[1]
         if plan.per_row and batch != len(plan.steers):
             raise SteeringError(f"per-row steering has {len(plan.steers)} rows but the batch has {batch}")
-        state = self._state
         prompt_mask: torch.Tensor | None = None
         for op in ops:
             mask = None
             if op.positions != "all":
                 if prompt_mask is None:
-                    boundary = state.prompt_len if state.prompt_len is not None else math.inf
-                    absolute = torch.arange(state.offset, state.offset + seq, device=h.device)
-                    prompt_mask = (absolute < boundary).view(1, seq, 1)
+                    prompt_mask = self._prompt_mask(layer, seq, h.device)
                 mask = prompt_mask if op.positions == "prompt" else ~prompt_mask
             if op.mode == "add":
                 h = h + (op.delta * mask if mask is not None else op.delta)
@@ -456,12 +548,26 @@ class SteeringEngine:
             sub = h if op.rows is None else h.index_select(0, op.rows)
             new = _transform(op.mode, sub, op.units, op.alphas)
             if mask is not None:
+                if op.rows is not None and mask.shape[0] > 1:
+                    mask = mask.index_select(0, op.rows)
                 new = torch.where(mask, new, sub)
             h = new if op.rows is None else h.index_copy(0, op.rows, new)
         if self.check_finite and any(op.check for op in ops) and not bool(torch.isfinite(h).all()):
             op = next(op for op in ops if op.check)
             raise SteeringError(f"non-finite hidden state after steering at layer {layer} (mode={op.mode}, {op.label})")
         return h
+
+    def _prompt_mask(self, layer: int, seq: int, device: torch.device) -> torch.Tensor:
+        """(batch|1, seq, 1) True where a token belongs to its row's prompt."""
+        state = self._state
+        positions, end = state.positions, state.prompt_end
+        if positions is None or end is None or positions.shape[-1] != seq:
+            why = f"source: {state.position_source}" if positions is None else "no prefill forward was seen for this sequence"
+            raise SteeringError(
+                f"layer {layer}: a positions='prompt'/'generated' steer is active but this forward's token "
+                f"positions cannot be determined ({why}); pass position_ids or an attention_mask, or use positions='all'"
+            )
+        return (positions.to(device) < end.to(device).view(-1, 1)).unsqueeze(-1)
 
     # ---- inputs ------------------------------------------------------------------------------
     def _token_rows(self, prompts: Sequence[Any], chat: bool | None) -> list[list[int]]:
@@ -580,18 +686,13 @@ class SteeringEngine:
         kwargs.update(generate_kwargs)
         if seed is not None:
             torch.manual_seed(seed)
-        state = self._state
-        previous_len = state.prompt_len
-        state.prompt_len = prompt_len
         started = time.perf_counter()
-        try:
-            if steers is None:
+        # The prompt boundary is inferred from the prefill forward (see token_positions).
+        if steers is None:
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        else:
+            with self.steering(steers):
                 out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-            else:
-                with self.steering(steers):
-                    out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        finally:
-            state.prompt_len = previous_len
         seconds = time.perf_counter() - started
         new = out.sequences[:, prompt_len:].cpu()
         logits = torch.stack(out.logits, dim=1).float() if return_logprobs else None
@@ -644,13 +745,14 @@ class SteeringEngine:
         full = torch.cat([ids, tail], dim=1).to(self.device)
         full_mask = torch.cat([mask, tail_mask], dim=1).to(self.device)
         state = self._state
-        previous_len = state.prompt_len
-        state.prompt_len = prompt_len
+        previous = state.prompt_end, state.prompt_end_pinned
+        # The prefill here holds prompt + continuation, so the boundary is pinned, per row.
+        state.prompt_end, state.prompt_end_pinned = mask.sum(dim=1).to(self.device), True
         try:
             with self.steering(steers if steers is not None else state.plan):
                 logits = self.model(input_ids=full, attention_mask=full_mask, position_ids=position_ids_from_mask(full_mask), use_cache=False).logits
         finally:
-            state.prompt_len = previous_len
+            state.prompt_end, state.prompt_end_pinned = previous
         logp = torch.log_softmax(logits.float(), dim=-1).cpu()
         out: list[torch.Tensor] = []
         for r, cont in enumerate(continuations):
