@@ -10,7 +10,10 @@ Invariants:
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +27,61 @@ class LayerDiscoveryError(ValueError):
     """The decoder blocks of a model could not be found."""
 
 
+class ModelNotFoundError(FileNotFoundError):
+    """`model` names no local directory, no shipped model and no reachable hub repository."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model
+        self.argument = "model"
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
 def resolve_model_path(name_or_path: str | Path) -> str:
-    """Map the shipped alias to its directory; return local paths and hub ids unchanged."""
+    """Map the shipped alias to its directory; return local directories and hub ids unchanged.
+
+    A name that looks like a path but is no directory, or that is neither a shipped alias nor a
+    valid hub id, raises ModelNotFoundError with one line saying which.
+    """
     name = str(name_or_path)
     if name in SHIPPED_MODELS:
         path = Path(str(importlib.resources.files("steerswitch") / "assets" / SHIPPED_MODELS[name]))
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"the shipped model '{name}' is missing its files under {path}")
+            raise ModelNotFoundError(name, f"the shipped model is missing its files under {path}")
         return str(path)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelNotFoundError(name, f"{local} is a directory but has no config.json (not a transformers model directory)")
+        return str(local)
+    looks_like_path = name.startswith((".", "/", "~")) or name.endswith("/") or os.sep in name.strip("/").replace("/", "", 1)
+    shipped = ", ".join(sorted(SHIPPED_MODELS))
+    if looks_like_path or not _HUB_ID.match(name):
+        raise ModelNotFoundError(name, f"no such local directory, and not a shipped model ({shipped}) or a hub id")
+    if "/" not in name:
+        close = difflib.get_close_matches(name, list(SHIPPED_MODELS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        if close or _hub_offline():
+            raise ModelNotFoundError(name, f"not a shipped model ({shipped}) and no local directory{hint}")
     return name
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def context_limit(model_or_config: Any) -> int | None:
+    """The model's context length in tokens as its config states it, else None. The one place the
+    project answers "how long may a prompt be"."""
+    config = getattr(model_or_config, "config", model_or_config)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    text_config = getattr(config, "text_config", None)
+    return context_limit(text_config) if text_config is not None and text_config is not config else None
 
 
 def _dtype_kwargs(dtype: torch.dtype | str | None) -> dict[str, Any]:
@@ -61,7 +110,13 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        if Path(path).is_dir():
+            raise
+        why = "the hub cannot be reached (HF_HUB_OFFLINE is set) and it is not in the local cache" if _hub_offline() else f"cannot load it from the hub ({str(exc).splitlines()[0]})"
+        raise ModelNotFoundError(str(name_or_path), f"no such local directory or shipped model, and {why}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

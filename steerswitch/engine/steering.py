@@ -570,31 +570,43 @@ class SteeringEngine:
         return (positions.to(device) < end.to(device).view(-1, 1)).unsqueeze(-1)
 
     # ---- inputs ------------------------------------------------------------------------------
+    def render(self, prompt: Any, chat: bool | None = None) -> str:
+        """The text the model is given for one prompt: a string as is (or as one user message when
+        `chat`), chat messages through the tokenizer's chat template (generation prompt added), or
+        joined by blank lines when the tokenizer has no template or `chat` is False."""
+        if self.tokenizer is None:
+            raise ValueError("this engine has no tokenizer, so prompts must be lists of token ids")
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(prompt, str):
+            if not (chat and template):
+                return prompt
+            prompt = [{"role": "user", "content": prompt}]
+        if isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
+            if chat is not False and template:
+                return str(self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True))
+            return "\n\n".join(str(m.get("content", "")) for m in prompt)
+        raise TypeError(f"expected a string or a list of chat messages, got {type(prompt).__name__}")
+
+    def tokenize(self, prompt: Any, chat: bool | None = None) -> list[int]:
+        """Token ids of one prompt exactly as `generate` feeds it (see `render`). Never warns about
+        the tokenizer's model_max_length: counting a long text is not truncating it."""
+        if isinstance(prompt, torch.Tensor):
+            prompt = prompt.tolist()
+        if isinstance(prompt, (list, tuple)) and (not prompt or isinstance(prompt[0], int)):
+            return [int(t) for t in prompt]
+        text = self.render(prompt, chat)
+        templated = not isinstance(prompt, str) or bool(chat)
+        templated = templated and chat is not False and bool(getattr(self.tokenizer, "chat_template", None))
+        # Rendered templates carry their own special tokens.
+        return list(self.tokenizer(text, add_special_tokens=not templated, verbose=False)["input_ids"])
+
     def _token_rows(self, prompts: Sequence[Any], chat: bool | None) -> list[list[int]]:
         rows: list[list[int]] = []
         for i, prompt in enumerate(prompts):
-            if isinstance(prompt, torch.Tensor):
-                prompt = prompt.tolist()
-            if isinstance(prompt, (list, tuple)) and (not prompt or isinstance(prompt[0], int)):
-                rows.append([int(t) for t in prompt])
-                continue
-            if self.tokenizer is None:
-                raise ValueError(f"prompt {i}: this engine has no tokenizer, so prompts must be lists of token ids")
-            if isinstance(prompt, str):
-                if chat and getattr(self.tokenizer, "chat_template", None):
-                    prompt = [{"role": "user", "content": prompt}]
-                else:
-                    rows.append(list(self.tokenizer(prompt)["input_ids"]))
-                    continue
-            if isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
-                if chat is not False and getattr(self.tokenizer, "chat_template", None):
-                    text = self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-                    rows.append(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
-                else:
-                    text = "\n\n".join(str(m.get("content", "")) for m in prompt)
-                    rows.append(list(self.tokenizer(text)["input_ids"]))
-                continue
-            raise TypeError(f"prompt {i}: expected a string, a list of chat messages or a list of token ids, got {type(prompt).__name__}")
+            try:
+                rows.append(self.tokenize(prompt, chat))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"prompt {i}: {exc}") from None
         return rows
 
     def encode(self, prompts: Sequence[Any], chat: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,10 @@
+"""The `steerswitch` command line (typer): one module per command group.
+
+Each command is a thin call into a package. This package is the only place that knows flag names;
+nothing imports it.
+"""
+
+from steerswitch.cli import bench, run, serve, swebench, sweep, vectors  # noqa: F401  (register commands)
+from steerswitch.cli._app import app
+
+__all__ = ["app"]

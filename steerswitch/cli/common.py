@@ -1,0 +1,82 @@
+"""Options and helpers shared by the command modules (the only place that knows flag names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DEFAULT_MODEL = "tiny-coder"
+
+
+def write_json(path: "Path | None", data: object) -> None:
+    """Write a command's machine-readable result atomically (temp file + rename)."""
+    if path is None:
+        return
+    import json
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+
+def _bench_floats(text: str, hint: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=hint) from None
+    if not values:
+        raise typer.BadParameter("give at least one number", param_hint=hint)
+    return values
+
+
+def _bench_ints(text: str, hint: str) -> list[int]:
+    values = _bench_floats(text, hint)
+    if any(v != int(v) or v < 0 for v in values):
+        raise typer.BadParameter(f"expected comma-separated non-negative integers, got {text!r}", param_hint=hint)
+    return [int(v) for v in values]
+
+
+def _bench_context(model: str, registry: Optional[Path], load_engine: bool = True):
+    from steerswitch.benchmarks.sweep import load_context, load_registry
+    from steerswitch.vectors.registry import RegistryError
+
+    try:
+        return load_context(model, registry) if load_engine else (None, *load_registry(model, registry))
+    except RegistryError as e:
+        raise typer.BadParameter(str(e), param_hint="--registry") from None
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e), param_hint="--registry" if "registry" in str(e) else "--model") from None
+    except (OSError, ValueError) as e:
+        raise typer.BadParameter(f"cannot load model '{model}': {e}", param_hint="--model") from None
+
+
+def _bench_progress(total: int, label: str):
+    from steerswitch.benchmarks.report import progress_bar
+
+    bar = progress_bar()
+    task = bar.add_task(label, total=total)
+    return bar, task
+
+
+_EXECUTOR = typer.Option("local", "--executor", help="local (this process) or ray (one model per Ray actor; pip install 'steerswitch[ray]')")
+_RAY_ADDRESS = typer.Option(None, "--ray-address", help="auto, ray://HOST:PORT or HOST:PORT (default: start a local Ray instance)")
+_WORKERS = typer.Option(1, "--workers", min=1, help="Ray actors, each loading the model once")
+_GPUS_PER_WORKER = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray actor (0: CPU); >0 loads the model on cuda")
+_MAX_RETRIES = typer.Option(2, "--max-retries", min=0, help="retries of an item whose Ray worker died, then it is recorded as failed")
+
+
+def _make_executor(kind: str, address: Optional[str], workers: int, gpus_per_worker: float, max_retries: int):
+    from steerswitch.benchmarks.executor import RayNotInstalledError, make_executor
+
+    try:
+        return make_executor(kind, address, workers, gpus_per_worker, max_retries)
+    except (ValueError, RayNotInstalledError) as e:
+        raise typer.BadParameter(str(e), param_hint="--executor") from None
+

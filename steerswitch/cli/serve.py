@@ -1,0 +1,40 @@
+"""`steerswitch serve` (the Steering Arena)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from steerswitch.cli._app import app
+from steerswitch.cli.common import DEFAULT_MODEL
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="hub id, local dir, or the shipped tiny-coder"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help="vector registry YAML (default: the model's registry.yaml, if any)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="bind address; loopback by default (anything else exposes the model)"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    device: Optional[str] = typer.Option(None, "--device"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=256, help="most new tokens a request may ask for"),
+    max_variants: int = typer.Option(6, "--max-variants", min=1, max=6, help="most variants in one side-by-side batch"),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """The Steering Arena: baseline and steered outputs streamed side by side in the browser."""
+    from steerswitch.arena.app import build_server
+    from steerswitch.arena.schemas import ArenaLimits
+    from steerswitch.vectors.registry import RegistryError
+
+    if registry is not None and not registry.is_file():
+        raise typer.BadParameter(f"{registry}: no such file", param_hint="--registry")
+    limits = ArenaLimits(max_new_tokens=max_new_tokens, max_variants=max_variants, max_run_new_tokens=max_new_tokens)
+    try:
+        server = build_server(model, registry, host=host, port=port, device=device, log_level=log_level, limits=limits)
+    except RegistryError as e:
+        raise typer.BadParameter(str(e), param_hint="--registry") from None
+    except (FileNotFoundError, OSError) as e:
+        raise typer.BadParameter(str(e), param_hint="--model") from None
+    typer.echo(f"Steering Arena on http://{'[' + host + ']' if ':' in host else host}:{port}/  (Ctrl+C to stop)")
+    server.run()

@@ -1,0 +1,251 @@
+"""`steerswitch swebench ...`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from steerswitch.cli._app import swebench_app
+from steerswitch.cli.common import (
+    _EXECUTOR,
+    _GPUS_PER_WORKER,
+    _MAX_RETRIES,
+    _RAY_ADDRESS,
+    _WORKERS,
+    DEFAULT_MODEL,
+    _make_executor,
+    write_json,
+)
+
+
+def _swebench_instances(dataset: Path, ids: Optional[str], repos: Optional[str], limit: Optional[int],
+                        sample: Optional[int], seed: int, split: Optional[str] = None) -> list:
+    from steerswitch.benchmarks.swebench.instances import (
+        InstanceLoadError,
+        load_instances,
+        select_instances,
+    )
+
+    def csv(s: Optional[str]) -> Optional[list[str]]:
+        return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+    try:
+        return select_instances(load_instances(dataset, split=split), repos=csv(repos), ids=csv(ids), limit=limit,
+                                sample=sample, seed=seed)
+    except InstanceLoadError as e:
+        raise typer.BadParameter(str(e), param_hint="--dataset") from None
+
+
+def _swebench_repos(repos_dir: Optional[Path], repo_url: Optional[str], cache_dir: Optional[Path]):
+    from steerswitch.benchmarks.swebench.runner import open_repos
+
+    try:
+        return open_repos(repos_dir, repo_url, cache_dir)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--repos-dir / --repo-url") from None
+
+
+_SWE_DATASET = typer.Option(..., "--dataset", help="SWE-bench instances: JSON, JSONL, parquet or a saved datasets folder")
+_SWE_REPOS_DIR = typer.Option(None, "--repos-dir", help="local clones named owner__name (bare or not); only read")
+_SWE_REPO_URL = typer.Option(None, "--repo-url", help="clone template for missing repos, e.g. https://github.com/{repo}.git")
+_SWE_CACHE = typer.Option(None, "--cache-dir", help="where missing repos are cloned (default ~/.cache/steerswitch/repos)")
+
+
+@swebench_app.command("run")
+def swebench_run(
+    dataset: Path = _SWE_DATASET,
+    out: Path = typer.Option(..., "--out", help="run directory (resumed if it exists)"),
+    repos_dir: Optional[Path] = _SWE_REPOS_DIR,
+    repo_url: Optional[str] = _SWE_REPO_URL,
+    cache_dir: Optional[Path] = _SWE_CACHE,
+    variants: str = typer.Option("baseline", help="comma list: baseline, or registry domains (domain or domain@scale)"),
+    model: str = typer.Option(DEFAULT_MODEL, help="hub id, local dir, or the shipped tiny-coder"),
+    registry: Optional[Path] = typer.Option(None, help="vector registry YAML for non-baseline variants"),
+    limit: Optional[int] = typer.Option(None, min=0, help="first N instances (after filters/sample)"),
+    ids: Optional[str] = typer.Option(None, help="comma list of instance ids"),
+    repos: Optional[str] = typer.Option(None, help="comma list of repos (owner/name)"),
+    sample: Optional[int] = typer.Option(None, min=0, help="seeded random sample of N instances"),
+    seed: int = typer.Option(0),
+    split: Optional[str] = typer.Option(None, help="split of a saved DatasetDict"),
+    max_new_tokens: int = typer.Option(256, min=1),
+    context_tokens: int = typer.Option(1500, min=0, help="token budget of the retrieved context (cut further to fit the model)"),
+    context_files: int = typer.Option(5, min=0, help="top-ranked files the context may draw from"),
+    device: Optional[str] = typer.Option(None),
+    continue_on_error: bool = typer.Option(False, help="record generator failures and go on instead of stopping"),
+    retry_errors: bool = typer.Option(False, help="redo instances whose record has an error"),
+    harness: bool = typer.Option(False, "--harness", help="then run the official swebench harness (needs swebench + Docker)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+    executor: str = _EXECUTOR,
+    ray_address: Optional[str] = _RAY_ADDRESS,
+    workers: int = _WORKERS,
+    gpus_per_worker: float = _GPUS_PER_WORKER,
+    max_retries: int = _MAX_RETRIES,
+) -> None:
+    """Retrieve -> generate -> extract -> validate -> record, per instance and variant (resumable)."""
+    from rich.console import Console
+
+    from steerswitch.benchmarks.swebench.pipeline import PipelineConfig, run_pipeline
+    from steerswitch.benchmarks.swebench.report import (
+        build_report,
+        render_report,
+        run_harness,
+    )
+    from steerswitch.benchmarks.swebench.runner import make_direct_generator
+
+    console = Console()
+    insts = _swebench_instances(dataset, ids, repos, limit, sample, seed, split)
+    cache = _swebench_repos(repos_dir, repo_url, cache_dir)
+    ex = _make_executor(executor, ray_address, workers, gpus_per_worker, max_retries)
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    if not names:
+        raise typer.BadParameter("give at least one variant", param_hint="--variants")
+    try:
+        cfg = PipelineConfig(model=model, variants=names, context_tokens=context_tokens, context_files=context_files,
+                             continue_on_error=continue_on_error, dataset=str(dataset))
+        if ex.remote:  # each worker loads the model and prepares the repositories on its node (paths made absolute)
+            from steerswitch.benchmarks.executor import absolute_if_exists
+            from steerswitch.benchmarks.swebench.runner import (
+                SwebenchWorkerSpec,
+                swebench_worker_factory,
+            )
+
+            spec = SwebenchWorkerSpec(
+                cfg=cfg, model=absolute_if_exists(model), registry=absolute_if_exists(registry), max_new_tokens=max_new_tokens,
+                device=device or ("cuda" if gpus_per_worker > 0 else None), repos_dir=absolute_if_exists(repos_dir),
+                repo_url=repo_url, cache_dir=absolute_if_exists(cache_dir), prepare=sorted({i.repo for i in insts}),
+            )
+            summary = run_pipeline(insts, out, None, None, cfg, executor=ex, worker=swebench_worker_factory(spec),
+                                   retry_errors=retry_errors)
+        else:
+            gen = make_direct_generator(model, names, registry, max_new_tokens=max_new_tokens, device=device)
+            summary = run_pipeline(insts, out, gen, cache, cfg, executor=ex, retry_errors=retry_errors)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    console.print(f"{summary.completed} new, {summary.skipped} already done, {summary.errors} with errors -> {out}")
+    rep = build_report(out)
+    if harness:
+        rep.harness = run_harness(out, dataset).model_dump()
+    console.print(render_report(rep))
+    write_json(json_out, rep.to_json())
+
+
+@swebench_app.command("report")
+def swebench_report(
+    out: Path = typer.Argument(..., help="a `swebench run` directory"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON instead of a table"),
+    harness: bool = typer.Option(False, "--harness", help="run the official swebench harness (needs swebench + Docker)"),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="instances file for --harness (default: the run's)"),
+) -> None:
+    """Per variant: valid-diff / path / apply rates, retrieval recall@1/5/10, edited-file P/R, tokens, seconds (± SE).
+
+    Also writes OUT/report.json.
+    """
+    import json
+
+    from rich.console import Console
+
+    from steerswitch.benchmarks.swebench.report import (
+        build_report,
+        render_report,
+        run_harness,
+    )
+
+    try:
+        rep = build_report(out)
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint="OUT") from None
+    if harness:
+        ds = dataset
+        if ds is None and (out / "run.json").exists():
+            ds_name = json.loads((out / "run.json").read_text()).get("dataset")
+            ds = Path(ds_name) if ds_name else None
+        if ds is None:
+            raise typer.BadParameter("--harness needs --dataset (the run directory does not name one)")
+        outcome = run_harness(out, ds)
+        rep.harness = outcome.model_dump()
+        if not outcome.ran:
+            Console(stderr=True).print(f"harness not run: {outcome.reason}")
+    data = rep.to_json()
+    write_json(out / "report.json", data)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        Console().print(render_report(rep))
+
+
+@swebench_app.command("retrieve")
+def swebench_retrieve(
+    dataset: Path = _SWE_DATASET,
+    repos_dir: Optional[Path] = _SWE_REPOS_DIR,
+    repo_url: Optional[str] = _SWE_REPO_URL,
+    cache_dir: Optional[Path] = _SWE_CACHE,
+    k: int = typer.Option(5, "--k", min=1, help="files to retrieve per instance (at least 10 are ranked)"),
+    mode: str = typer.Option("bm25", help="bm25 (dense/hybrid need an encoder; not wired here)"),
+    limit: Optional[int] = typer.Option(None, min=0),
+    ids: Optional[str] = typer.Option(None),
+    repos: Optional[str] = typer.Option(None),
+    split: Optional[str] = typer.Option(None),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write {k, recall, instances} as JSON"),
+) -> None:
+    """File retrieval recall@1/5/10 against the files of each gold patch."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from steerswitch.benchmarks.swebench.runner import retrieve_instances
+    from steerswitch.rag.retriever import RetrieverConfig
+
+    if mode != "bm25":
+        raise typer.BadParameter("only bm25 is available from this command", param_hint="--mode")
+    insts = _swebench_instances(dataset, ids, repos, limit, None, 0, split)
+    cache = _swebench_repos(repos_dir, repo_url, cache_dir)
+    res = retrieve_instances(insts, cache, k=k, config=RetrieverConfig(mode="bm25"))
+    t = Table(title=f"file retrieval (n={res['n']}, skipped {len(res['skipped'])})")
+    for col in ("recall@1", "recall@5", "recall@10"):
+        t.add_column(col, justify="right")
+    t.add_row(*[("-" if res["recall"][kk] is None else f"{100 * res['recall'][kk]:.1f}%"
+                 + (f" ± {100 * res['recall_se'][kk]:.1f}" if res["recall_se"][kk] is not None else ""))
+                for kk in ("1", "5", "10")])
+    Console().print(t)
+    for row in res["instances"]:
+        if "error" in row:
+            Console(stderr=True).print(f"{row['instance_id']}: {row['error']}")
+    write_json(json_out, res)
+
+
+@swebench_app.command("check-gold")
+def swebench_check_gold(
+    dataset: Path = _SWE_DATASET,
+    repos_dir: Optional[Path] = _SWE_REPOS_DIR,
+    repo_url: Optional[str] = _SWE_REPO_URL,
+    cache_dir: Optional[Path] = _SWE_CACHE,
+    limit: Optional[int] = typer.Option(None, min=0),
+    ids: Optional[str] = typer.Option(None),
+    repos: Optional[str] = typer.Option(None),
+    split: Optional[str] = typer.Option(None),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write {n, instances} as JSON"),
+) -> None:
+    """Validate every gold patch at its base commit (exit status 1 if any fails)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from steerswitch.benchmarks.swebench.runner import check_gold
+
+    insts = _swebench_instances(dataset, ids, repos, limit, None, 0, split)
+    cache = _swebench_repos(repos_dir, repo_url, cache_dir)
+    res = check_gold(insts, cache)
+    t = Table(title=f"gold patches: {res['n_valid']}/{res['n']} valid, {res['n_strict']} strict, {res['n_lenient']} lenient")
+    for col in ("instance", "valid", "strict", "lenient", "reasons"):
+        t.add_column(col)
+    for row in res["instances"]:
+        t.add_row(row["instance_id"], str(row["valid"]), str(row["strict_apply"]), str(row["lenient_apply"]),
+                  "; ".join(row["reasons"])[:120])
+    Console().print(t)
+    write_json(json_out, res)
+    if res["n_valid"] != res["n"]:
+        raise typer.Exit(1)
+
+
+# ---- arena: serve ----------------------------------------------------------------------------
+
