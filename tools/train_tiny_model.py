@@ -243,6 +243,17 @@ def chat_samples(stdlib: Path, files: list[CorpusFile], limit: int, seed: int) -
 # --------------------------------------------------------------------------- tokenizer
 
 
+def portable_tokenizer_config(out: Path) -> None:
+    """Make the saved tokenizer load on transformers 4.57 too: 5.x writes its own class name
+    (TokenizersBackend) and a list of extra special tokens, which 4.x does not read."""
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if isinstance(config.get("extra_special_tokens"), list):
+        config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, isolate_newlines: bool = False):
     """Byte-level BPE (a PreTrainedTokenizerFast) with the four special tokens at ids 0-3 and no
     post-processor (no BOS).
@@ -597,6 +608,7 @@ def main(
     val_stream = encode_stream(tokenizer, val_docs)
     val_chat_stream = encode_stream(tokenizer, val_chats)
     tokenizer.save_pretrained(out)
+    portable_tokenizer_config(out)
     console.log(f"tokens: train {len(train_stream):,}, val {len(val_stream):,}, val chat {len(val_chat_stream):,}")
     eot_id = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
     im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
