@@ -83,7 +83,7 @@ def base_url(model_dir: tuple[str, str | None, bool]) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def page(base_url: str) -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium); CI's .ci/run does")
+        pytest.fail(f"{CHROMIUM} is missing: run tools/install_test_browser.sh (the README test command does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
