@@ -134,3 +134,21 @@ def test_composition_command(tmp_path: Path) -> None:
     assert [g["domains"] for g in data["results"]] == [["bug_analysis", "test_writing"]]
     bad = CliRunner().invoke(app, ["bench", "composition", "--model", str(model_dir), "--domain", "nope"])
     assert bad.exit_code != 0 and "nope" in bad.output
+
+
+def test_composition_quick_uses_pairs_and_fewer_prompts(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from steerswitch.cli import app
+
+    model_dir = save_tiny_model_dir(tmp_path / "model")
+    _registry(model_dir)
+    out = tmp_path / "quick.json"
+    res = CliRunner().invoke(app, ["bench", "composition", "--model", str(model_dir), "--quick", "--max-new-tokens", "3", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["config"]["group_sizes"] == [2]
+    assert data["config"]["max_new_tokens"] == 3  # an explicit option wins over --quick
+    assert {len(g["domains"]) for g in data["results"]} == {2}
+    assert len(data["prompts"]) == 12
+    assert all(len(v["rows"]) == 12 for g in data["results"] for v in g["variants"].values())

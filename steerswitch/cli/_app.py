@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Steered coding agents with per-step vector switching.")
-vectors_app = typer.Typer(no_args_is_help=True, help="Build and inspect vector registries.")
-bench_app = typer.Typer(no_args_is_help=True, help="Performance and steering benchmarks.")
-swebench_app = typer.Typer(no_args_is_help=True, help="The SWE-bench patch pipeline and its self-checks.")
+# Help strings are plain text: they name extras like steerswitch[ray], which rich markup would eat.
+PLAIN_HELP = {"rich_markup_mode": None}
+
+app = typer.Typer(no_args_is_help=True, **PLAIN_HELP, add_completion=False, help="Steered coding agents with per-step vector switching.")
+vectors_app = typer.Typer(no_args_is_help=True, **PLAIN_HELP, help="Build and inspect vector registries.")
+bench_app = typer.Typer(no_args_is_help=True, **PLAIN_HELP, help="Performance and steering benchmarks.")
+swebench_app = typer.Typer(no_args_is_help=True, **PLAIN_HELP, help="The SWE-bench patch pipeline and its self-checks.")
 app.add_typer(vectors_app, name="vectors")
 app.add_typer(bench_app, name="bench")
 app.add_typer(swebench_app, name="swebench")

@@ -126,7 +126,25 @@ def load_model(
     model.eval()
     model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
     model.name_or_path = str(name_or_path)
+    quiet_length_warning(tokenizer, context_limit(model))
     return model, tokenizer
+
+
+# transformers warns once per tokenizer when a text is longer than model_max_length ("Token indices
+# sequence length is longer than the specified maximum..."), even when the text is only counted or
+# is retrieved context the project packs to a budget. Prompts the project cuts are reported where
+# they are cut, with the number of tokens removed.
+_LENGTH_WARNING_KEY = "sequence-length-is-longer-than-the-specified-maximum"
+
+
+def quiet_length_warning(tokenizer: Any, limit: int | None = None) -> None:
+    """Set the tokenizer's model_max_length to the model's context (when known) and mark its
+    too-long-sequence warning as already given."""
+    if limit is not None:
+        tokenizer.model_max_length = limit
+    warned = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(warned, dict):
+        warned[_LENGTH_WARNING_KEY] = True
 
 
 def _has_attention(module: nn.Module) -> bool:
