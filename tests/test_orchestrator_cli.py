@@ -60,3 +60,21 @@ def test_bad_options(model_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code != 0 and "--variant" in result.output
     result = CliRunner().invoke(app, ["run", TASK, "--model", str(model_dir), "--registry", str(tmp_path / "none.yaml")], env=wide)
     assert result.exit_code != 0 and "no such registry file" in result.output
+
+
+def test_rerun_with_same_run_id_says_it_replays(model_dir: Path, tmp_path: Path) -> None:
+    db = tmp_path / "ckpt.sqlite"
+    args = [TASK, "--model", str(model_dir), "--run-id", "r1", "--checkpoint", str(db), "--max-new-tokens", "2", "--no-live"]
+    first = _run(args)
+    assert "already finished" not in first.output and "resumed" not in first.output
+    second = _run(args)
+    assert "r1 had already finished" in " ".join(second.output.split())
+
+
+def test_narrow_terminal_keeps_names_whole(model_dir: Path) -> None:
+    narrow = CliRunner().invoke(app, ["run", TASK, "--model", str(model_dir), "--scenario", "swebench", "--max-new-tokens", "2", "--no-live"], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    for name in ("code_reading", "bug_analysis", "patch_writing", "issue_analyst"):
+        assert name in narrow.output, f"{name} cut at 80 columns"
+    assert "…" not in narrow.output

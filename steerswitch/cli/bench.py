@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from steerswitch.tables import fit
+
 from steerswitch.cli._app import bench_app
 from steerswitch.cli.common import (
     DEFAULT_MODEL,
@@ -41,7 +43,7 @@ def bench_perf(
             PerfConfig(shape=shape, quick=quick, repeats=repeats, new_tokens=new_tokens, device=device, sweep=sweep),
             progress=lambda msg: status.update(f"measuring: {msg}"),
         )
-    console.print(render(result))
+    console.print(fit(render(result), console))
     write_json(json_out, result)
 
 # ---- vectors ---------------------------------------------------------------------------------
@@ -99,7 +101,7 @@ def bench_composition(
             raise typer.BadParameter(str(e)) from None
     console = Console()
     for table in comp.tables(result):
-        console.print(table)
+        console.print(fit(table, console))
     if json_out is not None:
         write_bench_json(json_out, comp.to_json(result, environment(engine.model)))
         console.print(f"wrote {json_out}")
@@ -148,7 +150,7 @@ def bench_interference(
             raise typer.BadParameter(str(e)) from None
     console = Console()
     for table in itf.tables(result):
-        console.print(table)
+        console.print(fit(table, console))
     for note in result.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     data = itf.to_json(result, environment(engine.model))

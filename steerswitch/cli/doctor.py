@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from steerswitch.tables import fit
+
 from steerswitch.cli._app import app
 from steerswitch.cli.common import write_json
 
@@ -26,7 +28,7 @@ def doctor(json_out: Optional[Path] = typer.Option(None, "--json", help="write v
     table = Table("check", "result", "seconds", "detail", show_lines=False)
     for check in results:
         table.add_row(check.name, "[green]PASS[/green]" if check.ok else "[red]FAIL[/red]", f"{check.seconds:.2f}", check.detail)
-    console.print(table)
+    console.print(fit(table, console))
     passed = all_passed(results)
     console.print("[bold green]PASS[/bold green]" if passed else "[bold red]FAIL[/bold red]: the engine does not steer as it should with these versions")
     write_json(json_out, {"versions": versions, "checks": [vars(c) for c in results], "passed": passed})

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from steerswitch.tables import fit
+
 from steerswitch.cli._app import app
 from steerswitch.cli.common import DEFAULT_MODEL, write_json
 
@@ -38,7 +40,7 @@ def demo(
             progress=lambda done, total: progress.update(task, completed=done),
         )
     for piece in demo_mod.render(result, show=show):
-        console.print(piece)
+        console.print(fit(piece, console))
     for line in demo_mod.summary_lines(result):
         console.print(line)
     write_json(json_out, result.model_dump())
@@ -129,7 +131,11 @@ def run_command(
             record = run_task(engine, reg, task, **kwargs)  # type: ignore[arg-type]
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    console.print(summary_table(record))
+    if record.already_finished:
+        console.print(f"run {record.run_id} had already finished in {checkpoint}: showing the stored result (nothing generated)", style="yellow")
+    elif record.resumed:
+        console.print(f"run {record.run_id} resumed from checkpoint {checkpoint} after {record.resumed_after_steps} step(s)", style="yellow")
+    console.print(fit(summary_table(record), console))
     if record.final_output is not None:
         console.print(Panel(record.final_output or "(empty)", title=f"final output ({record.steps[-1].agent})", border_style="green"))
     if json_out is not None:

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from steerswitch.tables import fit
+
 from steerswitch.cli._app import swebench_app
 from steerswitch.cli.common import (
     _EXECUTOR,
@@ -127,7 +129,7 @@ def swebench_run(
     rep = build_report(out)
     if harness:
         rep.harness = run_harness(out, dataset).model_dump()
-    console.print(render_report(rep))
+    console.print(fit(render_report(rep), console))
     write_json(json_out, rep.to_json())
 
 
@@ -172,7 +174,8 @@ def swebench_report(
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
     else:
-        Console().print(render_report(rep))
+        console = Console()
+        console.print(fit(render_report(rep), console))
 
 
 @swebench_app.command("retrieve")

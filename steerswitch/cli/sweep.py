@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from steerswitch.tables import fit
+
 from steerswitch.cli._app import app
 from steerswitch.cli.common import (
     _EXECUTOR,
@@ -102,7 +104,7 @@ def sweep_command(
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(1) from None
     for table in sw.tables(result):
-        console.print(table)
+        console.print(fit(table, console))
     data = sw.to_json(result, {**environment(engine.model if engine is not None else None), **ex.describe()})
     if result.resumed:
         console.print(f"resumed {result.resumed} of {len(result.item_seconds)} items from {out / sw.ITEMS_FILE}")

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from steerswitch.tables import fit
+
 from steerswitch.cli._app import vectors_app
 from steerswitch.cli.common import DEFAULT_MODEL, write_json
 
@@ -118,7 +120,7 @@ def vectors_show(
     data, tables = show_domain(reg, domain)
     console = Console()
     for table in tables:
-        console.print(table)
+        console.print(fit(table, console))
     write_json(json_out, data)
 
 

@@ -66,7 +66,7 @@ class LiveView:
             self.tokens += 1
         elif kind == "step_end":
             r = event.record
-            self.done.append(f"{r.index}: {r.agent} [{r.domain or 'unsteered'}] {r.new_tokens} tok in {r.seconds:.1f}s")
+            self.done.append(f"{r.index + 1}: {r.agent} [{r.domain or 'unsteered'}] {r.new_tokens} tok in {r.seconds:.1f}s")
 
     def render(self) -> Any:
         info = Table.grid(padding=(0, 2))
@@ -99,7 +99,7 @@ def summary_table(record: RunRecord) -> Table:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for s in record.steps:
         table.add_row(
-            str(s.index), s.agent, s.domain or "(unsteered)", "-" if s.layer is None else str(s.layer),
+            str(s.index + 1), s.agent, s.domain or "(unsteered)", "-" if s.layer is None else str(s.layer),
             _alpha(s.alpha_base, s.alpha_effective, s.alpha_units), str(s.n_few_shot), str(s.rag_tokens), str(s.prompt_tokens),
             str(s.new_tokens), f"{s.seconds:.2f}", f"{s.tokens_per_second:.1f}",
         )

@@ -57,6 +57,8 @@ class RunRecord(BaseModel):
     finished: str
     seconds: float
     resumed: bool = False
+    resumed_after_steps: int = 0  # steps the checkpoint already held when this call started
+    already_finished: bool = False  # the checkpoint held a finished run: nothing was generated
     steps: list[StepRecord]
     final_output: str | None = None
     patch: str | None = None
@@ -210,6 +212,8 @@ def run_task(
         finished=_now(),
         seconds=seconds,
         resumed=resumed,
+        resumed_after_steps=done_before,
+        already_finished=bool(resumed and existing.get("done")),
         steps=steps,
         final_output=final.get("final_output"),
         patch=final.get("patch"),
