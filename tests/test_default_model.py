@@ -161,3 +161,37 @@ def test_corpus_manifest_lists_a_clean_split() -> None:
     assert len(paths) == len(set(paths))  # a file is in one split only
     assert not [p for p in paths if p.startswith("encodings/") or "site-packages/" in p]
     assert all(re.fullmatch(r"[0-9a-f]{64}", f["sha256"]) and f["bytes"] > 0 for f in files)
+
+
+def test_readme_training_command_is_the_shipped_configuration() -> None:
+    """The README's one training command resolves to the same settings as the shipped model's run."""
+    import importlib.util
+    import json
+    import re
+    import shlex
+    import sys
+
+    import typer.main
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("train_tiny_model", root / "tools" / "train_tiny_model.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(spec.name, None)
+    command = typer.main.get_command(module.app)
+
+    def resolved(line: str) -> dict:
+        args = shlex.split(line.split("train_tiny_model.py", 1)[1])
+        params = dict(command.make_context("train", args).params)
+        params.pop("out", None)
+        return params
+
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    readme_line = re.search(r"^python tools/train_tiny_model\.py[^\n]*$", readme, flags=re.M)
+    assert readme_line is not None, "the README shows no training command"
+    log = json.loads((root / "steerswitch" / "assets" / "tiny-coder" / "training_log.json").read_text(encoding="utf-8"))
+    assert resolved(readme_line.group(0)) == resolved(log["command"])
