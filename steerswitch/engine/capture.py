@@ -11,7 +11,8 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -139,3 +140,22 @@ def capture_texts(
         for layer, tensor in capture_residuals(model, ids, mask, layers, reduce).items():
             parts.setdefault(layer, []).append(tensor)
     return {layer: torch.cat(chunks, dim=0) for layer, chunks in parts.items()}
+
+
+@contextmanager
+def replaced_layer_output(model: nn.Module, layer: int, replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Within the block, decoder layer `layer`'s output hidden state is `replace(hidden)` (an
+    instrument for measurements such as SAE splicing, not for steering: that is the engine's hook).
+    The hook is temporary and always removed."""
+    block = decoder_layers(model)[layer]
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        hidden = layer_output_tensor(output)
+        new = replace(hidden).to(hidden.dtype)
+        return (new, *output[1:]) if isinstance(output, (tuple, list)) else new
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

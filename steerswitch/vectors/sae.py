@@ -154,15 +154,24 @@ class SparseAutoencoder:
         return path
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature activations of a standard ReLU SAE (SAELens subtracts b_dec from the input).
-        JumpReLU SAEs (a `threshold` in cfg) zero activations below it."""
+        """Feature activations as SAELens computes them: ReLU((x - b_dec) W_enc + b_enc); JumpReLU
+        SAEs (a `threshold` in cfg) zero activations below it; TopK SAEs (`architecture: "topk"`,
+        `k`) keep each row's k largest."""
         x = x.to(self.W_enc.dtype)
         pre = (x - self.b_dec) @ self.W_enc + self.b_enc
         acts = torch.relu(pre)
         threshold = self.cfg.get("threshold")
         if isinstance(threshold, (int, float)):
             acts = acts * (pre > threshold)
+        k = self.cfg.get("k")
+        if self.cfg.get("architecture") == "topk" and isinstance(k, int) and 0 < k < acts.shape[-1]:
+            values, indices = acts.topk(k, dim=-1)
+            acts = torch.zeros_like(acts).scatter_(-1, indices, values)
         return acts
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        """Reconstruction f W_dec + b_dec."""
+        return acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
     def _check_feature(self, feature: int) -> int:
         if isinstance(feature, bool) or not isinstance(feature, int):
