@@ -17,6 +17,7 @@ from steerswitch.agents import (
     load_agents,
     render_prompt,
 )
+from steerswitch.agents.prompt import describe_cut
 from test_orchestrator_support import tokenizer_dir
 
 TASK = "util.parse() returns None for an empty string; it should return an empty list. See util.py line 12."
@@ -74,6 +75,11 @@ def test_budget_trims_history_and_rag_but_keeps_task(counter: TokenCounter) -> N
     assert tight.n_few_shot < free.n_few_shot  # examples go first
     assert tight.history_tokens < free.history_tokens and tight.rag_tokens < free.rag_tokens
     assert TASK in tight.messages[-1]["content"]
+    # what the context removed is recorded, and described in one line; nothing when it all fits
+    assert free.context_cut == {} and describe_cut(free.context_cut) == ""
+    assert tight.context_cut["examples"] == free.n_few_shot - tight.n_few_shot
+    assert tight.context_cut["retrieved"] == free.rag_tokens - tight.rag_tokens > 0
+    assert f"retrieved code -{tight.context_cut['retrieved']} tokens" in describe_cut(tight.context_cut)
     with pytest.raises(ValueError, match="only 20 fit"):
         render_prompt(spec, task=TASK, history=history, counter=counter, max_prompt_tokens=20)
 

@@ -77,6 +77,18 @@ class RenderedPrompt(BaseModel):
     history_tokens: int = Field(ge=0)
     task_tokens: int = Field(ge=0)
     estimated_tokens: int = Field(ge=0)
+    # What `max_prompt_tokens` (the model's context) removed beyond the agent's own budget caps:
+    # tokens per part ("history", "retrieved", "task") and few-shot examples dropped ("examples").
+    context_cut: dict[str, int] = Field(default_factory=dict)
+
+
+def describe_cut(context_cut: dict[str, int]) -> str:
+    """'' when nothing was cut, else e.g. 'retrieved code -812 tokens, 2 few-shot example(s) dropped'."""
+    names = {"history": "earlier steps", "retrieved": "retrieved code", "task": "task statement"}
+    parts = [f"{names[k]} -{v} tokens" for k, v in context_cut.items() if k in names and v > 0]
+    if context_cut.get("examples"):
+        parts.append(f"{context_cut['examples']} few-shot example(s) dropped")
+    return ", ".join(parts)
 
 
 def _tidy(text: str) -> str:
@@ -143,6 +155,7 @@ def render_prompt(
     history_need = min(history_cap, counter.count(_history_block(counter, history, 10**9))) if history_cap else 0
     rag_need = min(rag_cap, counter.count(_context_block(counter, rag_context, 10**9))) if rag_cap else 0
 
+    wanted = {"history": history_need, "retrieved": rag_need, "task": task_need, "examples": len(examples)}
     if max_prompt_tokens is not None:
         overflow = fixed + task_need + history_need + rag_need + sum(example_costs) - max_prompt_tokens
         while overflow > 0 and examples:
@@ -186,4 +199,8 @@ def render_prompt(
         history_tokens=counter.count(history_text),
         task_tokens=counter.count(task_text),
         estimated_tokens=counter.count(text) + _MESSAGE_OVERHEAD * len(messages),
+        context_cut={k: v for k, v in {
+            "history": wanted["history"] - history_need, "retrieved": wanted["retrieved"] - rag_need,
+            "task": wanted["task"] - task_need, "examples": wanted["examples"] - len(examples),
+        }.items() if v > 0},
     )

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from steerswitch.agents.prompt import describe_cut
 from steerswitch.tables import fit
 
 from steerswitch.cli._app import app
@@ -136,6 +137,9 @@ def run_command(
     elif record.resumed:
         console.print(f"run {record.run_id} resumed from checkpoint {checkpoint} after {record.resumed_after_steps} step(s)", style="yellow")
     console.print(fit(summary_table(record), console))
+    for step in record.steps:
+        if step.context_cut:
+            console.print(f"note: step {step.index + 1} ({step.agent}) was cut to fit the model's context: {describe_cut(step.context_cut)}", style="yellow")
     if record.final_output is not None:
         console.print(Panel(record.final_output or "(empty)", title=f"final output ({record.steps[-1].agent})", border_style="green"))
     if json_out is not None:

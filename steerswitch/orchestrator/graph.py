@@ -173,6 +173,7 @@ def build_graph(
             "rag_tokens": rendered.rag_tokens,
             "history_tokens": rendered.history_tokens,
             "task_tokens": rendered.task_tokens,
+            "context_cut": rendered.context_cut,
             "prompt_tokens": prompt_tokens,
             "generation": spec.generation.engine_kwargs(new_tokens),
             "output_kind": spec.output,
@@ -221,7 +222,7 @@ def build_graph(
         record = StepRecord(
             index=index, agent=p["agent"], variant=variant, routed_domain=p["routed_domain"], steers=active,
             policy=p["policy"], route_scores=p["route_scores"], n_few_shot=p["n_few_shot"], rag_tokens=p["rag_tokens"],
-            history_tokens=p["history_tokens"], task_tokens=p["task_tokens"], prompt_tokens=p["prompt_tokens"],
+            history_tokens=p["history_tokens"], task_tokens=p["task_tokens"], prompt_tokens=p["prompt_tokens"], context_cut=p.get("context_cut") or {},
             new_tokens=result.new_tokens, seconds=seconds, tokens_per_second=result.new_tokens / seconds if seconds > 0 else 0.0,
             output_kind=p["output_kind"], prompt=p["messages"], output=result.text or "", **top,
         )
