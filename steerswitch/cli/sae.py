@@ -139,11 +139,12 @@ def sae_features(
             best = d.by_cosine[0]
             entry = reg.entry(d.domain)
             vector_here = reg.steer(d.domain).model_copy(update={"layer": d.layer, "vector": reg.steering_vector(d.domain).direction(d.layer)})
-            variants = {
-                f"vector (L{entry.layer}, registry)": [reg.steer(d.domain)],
-                f"vector (L{d.layer}, SAE layer)": [vector_here],
-                f"feature {best.feature} clamped": steers_from_features([[d.layer, best.feature, best.max_activation]], autoencoder, mode="clamp"),
-            }
+            variants = {f"vector (L{entry.layer}, registry)": [reg.steer(d.domain)]}
+            if entry.layer != d.layer:
+                variants[f"vector (L{d.layer}, SAE layer)"] = [vector_here]
+            # the feature at its own activation scale, and at the vector's alpha (direction vs size)
+            variants[f"feature {best.feature} clamped"] = steers_from_features([[d.layer, best.feature, best.max_activation]], autoencoder, mode="clamp")
+            variants[f"feature {best.feature} at the vector's alpha"] = [vector_here.model_copy(update={"vector": autoencoder.decoder_row(best.feature).float()})]
             with console.status(f"steering comparison: {d.domain}"):
                 rows = compare_steers(session.engine, prompts, variants, reg.keywords(d.domain), max_new_tokens=max_new_tokens)
             table = Table(title=f"{d.domain}: steering on {len(prompts)} held-out prompts (mean ± SE; Δ paired vs unsteered)")

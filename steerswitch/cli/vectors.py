@@ -40,7 +40,7 @@ def vectors_extract(
     negative: Optional[Path] = typer.Option(None, "--negative", help="negative prompts, paired line by line with --positive"),
     name: Optional[str] = typer.Option(None, help="domain name for --positive/--negative (default: custom)"),
     method: str = typer.Option("mean_diff", help="mean_diff or pca"),
-    position: str = typer.Option("last", help="last (last token) or all (system-prompt contrast, every position)"),
+    position: str = typer.Option("last", help="last (last token), mean (mean over the prompt's tokens; the shipped registry's rule) or all (system-prompt contrast, every position)"),
     layers: str = typer.Option("all", help="layers to extract: all, '1,3' or '1-3'"),
     split: str = typer.Option("extract", help="prompt split of the shipped sets: extract, eval or all"),
     layer: Optional[int] = typer.Option(None, help="registry layer (default: the middle layer)"),
@@ -65,8 +65,8 @@ def vectors_extract(
 
     if method not in ("mean_diff", "pca"):
         raise typer.BadParameter("use mean_diff or pca", param_hint="--method")
-    if position not in ("last", "all"):
-        raise typer.BadParameter("use last or all", param_hint="--position")
+    if position not in ("last", "mean", "all"):
+        raise typer.BadParameter("use last, mean or all", param_hint="--position")
     if split not in ("extract", "eval", "all"):
         raise typer.BadParameter("use extract, eval or all", param_hint="--split")
     if alpha_units not in ("relative", "absolute"):
