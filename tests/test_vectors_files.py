@@ -189,3 +189,25 @@ def test_gguf_import_foreign_file(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(GGUFError, match="not a control vector"):
         import_gguf(other)
+
+
+def test_vector_and_sae_files_follow_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from steerswitch.vectors.sae import SparseAutoencoder
+
+    old = os.umask(0o022)
+    try:
+        vector_path = SteeringVector({1: torch.ones(8)}).save(tmp_path / "v.safetensors")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        sae = SparseAutoencoder(W_enc=torch.zeros(8, 4), b_enc=torch.zeros(4), W_dec=torch.zeros(4, 8), b_dec=torch.zeros(8), layer=1)
+        sae_dir = sae.save(tmp_path / "sae")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE(plain.stat().st_mode)
+    assert mode == 0o644
+    assert stat.S_IMODE(vector_path.stat().st_mode) == mode  # safetensors' save_file alone gives 0600
+    assert stat.S_IMODE((sae_dir / "sae_weights.safetensors").stat().st_mode) == mode
+    assert SteeringVector.load(vector_path).direction(1).shape == (8,)

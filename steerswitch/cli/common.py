@@ -23,6 +23,9 @@ def write_json(path: "Path | None", data: object) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2, default=str)
     os.replace(tmp, path)
+    from steerswitch.vectors.vector import apply_umask
+
+    apply_umask(path)  # mkstemp creates 0600
 
 
 

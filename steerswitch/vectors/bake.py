@@ -206,6 +206,7 @@ def bake_domain(session: Any, domain: str, mode: BakeMode, out: str | Path, *, s
     from transformers import AutoModelForCausalLM
 
     from steerswitch.engine import Steer
+    from steerswitch.vectors.vector import apply_umask
 
     registry = session.require_registry()
     entry = registry.entry(domain)
@@ -235,6 +236,8 @@ def bake_domain(session: Any, domain: str, mode: BakeMode, out: str | Path, *, s
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    for weights in out.glob("*.safetensors"):
+        apply_umask(weights)
     if session.tokenizer is not None:
         session.tokenizer.save_pretrained(out)
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()

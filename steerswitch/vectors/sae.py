@@ -130,7 +130,7 @@ class SparseAutoencoder:
 
     def save(self, path: str | Path) -> Path:
         """Write in SAELens' on-disk layout (used by tests and for hand-made SAEs)."""
-        from safetensors.torch import save_file
+        from steerswitch.vectors.vector import write_safetensors
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ class SparseAutoencoder:
         }
         cfg.update({k: v for k, v in self.cfg.items() if k not in cfg})
         (path / "cfg.json").write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
-        save_file(
+        write_safetensors(
             {
                 "W_enc": self.W_enc.contiguous(),
                 "b_enc": self.b_enc.contiguous(),

@@ -26,12 +26,29 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from steerswitch.engine.steering import Steer
 
 HOOK_SITE = "decoder_layer_output"
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """A safetensors file created with the user's umask (safetensors' own `save_file` creates files
+    mode 0600, so vectors were private while the registry next to them was not)."""
+    path = Path(path)
+    path.write_bytes(safetensors_bytes(tensors, metadata=metadata))
+    return path
+
+
+def apply_umask(path: str | Path) -> None:
+    """Give a file written by a library that creates it 0600 the mode a plain open() would."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 METADATA_KEY = "steerswitch"
 FORMAT_VERSION = 1
 
@@ -187,7 +204,7 @@ class SteeringVector:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"direction.{layer}": t.contiguous() for layer, t in self.directions.items()}
-        save_file(tensors, str(path), metadata={METADATA_KEY: self.meta.model_dump_json()})
+        write_safetensors(tensors, path, metadata={METADATA_KEY: self.meta.model_dump_json()})
         return path
 
     @classmethod
