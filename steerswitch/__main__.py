@@ -1,3 +1,3 @@
-from steerswitch.cli import app
+from steerswitch.cli.main import run
 
-app(prog_name="steerswitch")
+run()

@@ -86,6 +86,8 @@ class Session:
         """
         name = str(model)
         registry_path = resolve_registry(name, registry)
+        if registry_path is not None and not registry_path.is_file():  # say so before loading weights
+            raise RegistryError(registry_path, None, "file", "no such registry file")
         lm, tokenizer = load_model(name, dtype=dtype, device=device)
         reg = VectorRegistry.load(registry_path, model_info=model_info(lm)) if registry_path is not None else None
         return cls(lm, tokenizer, SteeringEngine(lm, tokenizer), reg, registry_path, name)

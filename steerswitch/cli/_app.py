@@ -6,8 +6,10 @@ import typer
 
 # Help strings are plain text: they name extras like steerswitch[ray], which rich markup would eat.
 PLAIN_HELP = {"rich_markup_mode": None}
+# Errors are reported by steerswitch.cli.main (one line; tracebacks only with --debug).
+QUIET_ERRORS = {"pretty_exceptions_enable": False}
 
-app = typer.Typer(no_args_is_help=True, **PLAIN_HELP, add_completion=False, help="Steered coding agents with per-step vector switching.")
+app = typer.Typer(no_args_is_help=True, **PLAIN_HELP, **QUIET_ERRORS, add_completion=False, help="Steered coding agents with per-step vector switching.")
 vectors_app = typer.Typer(no_args_is_help=True, **PLAIN_HELP, help="Build and inspect vector registries.")
 bench_app = typer.Typer(no_args_is_help=True, **PLAIN_HELP, help="Performance and steering benchmarks.")
 sae_app = typer.Typer(no_args_is_help=True, **PLAIN_HELP, help="Sparse autoencoders on the residual stream: train, compare features with domain vectors.")

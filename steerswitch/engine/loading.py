@@ -96,6 +96,20 @@ def _dtype_kwargs(dtype: torch.dtype | str | None) -> dict[str, Any]:
     return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
 
 
+def _quietly(load: Any) -> Any:
+    """Run `load` without transformers' per-tensor "Loading weights" progress bar (a tiny model
+    loads in well under a second; the bar was most of what a command printed)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(
     name_or_path: str | Path,
     *,
@@ -120,7 +134,7 @@ def load_model(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, **_dtype_kwargs(dtype))
+    model = _quietly(lambda: AutoModelForCausalLM.from_pretrained(path, **_dtype_kwargs(dtype)))
     if device is not None:
         model = model.to(device)
     model.eval()

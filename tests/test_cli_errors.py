@@ -1,0 +1,64 @@
+"""Every command: a user error is one line on stderr and exit 2; an internal error is one line and
+exit 1, with its traceback only behind --debug."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from steerswitch.cli._app import app
+from steerswitch.cli.main import main
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["demo", "--model", "./no-such-model"], "no such local directory"),
+        (["demo", "--model", "tiny-coderr"], "did you mean 'tiny-coder'"),
+        (["demo", "--registry", "/no/such/registry.yaml"], "no such registry file"),
+        (["run", "task", "--model", "./nope"], "--model"),
+        (["bench", "composition", "--sizes", "x"], "--sizes"),
+        (["vectors", "show", "bug_analysis"], "--registry"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(args)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def broken_command():
+    @app.command("explode-for-test", hidden=True)
+    def explode() -> None:
+        raise RuntimeError("something inside broke")
+
+    yield
+    app.registered_commands[:] = [c for c in app.registered_commands if c.name != "explode-for-test"]
+
+
+def test_internal_error_is_one_line_with_a_debug_hint(broken_command, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explode-for-test"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RuntimeError" in err and "--debug" in err and "Traceback" not in err
+
+
+def test_debug_keeps_the_traceback(broken_command) -> None:
+    with pytest.raises(RuntimeError, match="something inside broke"):
+        main(["explode-for-test", "--debug"])
+
+
+def test_help_and_success_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "vectors" in capsys.readouterr().out
+
+
+def test_console_script_uses_the_same_entry_point() -> None:
+    result = subprocess.run([sys.executable, "-m", "steerswitch", "demo", "--model", "./no-such-model"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "no such local directory" in result.stderr
