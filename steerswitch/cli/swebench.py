@@ -250,5 +250,133 @@ def swebench_check_gold(
         raise typer.Exit(1)
 
 
+@swebench_app.command("evaluate")
+def swebench_evaluate(
+    source: Optional[Path] = typer.Argument(None, help="a `swebench run` directory or a predictions file (JSON/JSONL); omit with --gold/--empty"),
+    dataset: Path = _SWE_DATASET,
+    repos_dir: Optional[Path] = _SWE_REPOS_DIR,
+    repo_url: Optional[str] = _SWE_REPO_URL,
+    cache_dir: Optional[Path] = _SWE_CACHE,
+    gold: bool = typer.Option(False, "--gold", help="grade the dataset's gold patches (every supported one must resolve)"),
+    empty: bool = typer.Option(False, "--empty", help="grade the empty patch (none may resolve unless its FAIL_TO_PASS is empty)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where evaluation.json and the logs go (default: the run directory, or PREDICTIONS.eval/)"),
+    backend: str = typer.Option("auto", "--backend", help="auto (docker when a Docker engine answers, else local), local or docker"),
+    workers: int = typer.Option(1, "--workers", min=1, help="instances evaluated at once"),
+    timeout: float = typer.Option(1800.0, "--timeout", min=1.0, help="seconds for one instance's test command"),
+    install_timeout: float = typer.Option(1800.0, "--install-timeout", min=1.0, help="seconds for one environment or install step"),
+    specs: Optional[Path] = typer.Option(None, "--specs", help="YAML specs for repositories SWE-bench does not know (repo -> version -> spec)"),
+    swebench_specs: Optional[Path] = typer.Option(None, "--swebench-specs", help="a swebench 4.x copy holding MAP_REPO_VERSION_TO_SPECS (default ~/.cache/steerswitch/swebench-4.1.0)"),
+    env_dir: Optional[Path] = typer.Option(None, "--env-dir", help="cached virtual environments (default ~/.cache/steerswitch/swebench-envs)"),
+    python: Optional[list[str]] = typer.Option(None, "--python", help="X.Y=PATH: the interpreter for spec python X.Y (repeatable)"),
+    limit: Optional[int] = typer.Option(None, min=0, help="first N instances"),
+    ids: Optional[str] = typer.Option(None, help="comma list of instance ids"),
+    repos: Optional[str] = typer.Option(None, help="comma list of repos (owner/name)"),
+    split: Optional[str] = typer.Option(None, help="split of a saved DatasetDict"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the evaluation report here"),
+) -> None:
+    """Resolved rate of SWE-bench predictions: the official harness (Docker) or the local backend (venvs, no containers).
+
+    Writes OUT/evaluation.json (per instance: resolved / unresolved / error / unsupported with its log
+    directory; per variant: counts and the resolved rate with its standard error). Resumable.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from steerswitch.benchmarks.swebench.evaluate import (
+        EvaluationError,
+        LocalConfig,
+        choose_backend,
+        empty_predictions,
+        evaluate,
+        gold_predictions,
+        load_predictions,
+    )
+    from steerswitch.benchmarks.swebench.runner import default_cache_dir
+    from steerswitch.benchmarks.swebench.specs import SpecError, load_spec_file, resolve_specs, swebench_problem
+
+    console = Console()
+    problem = swebench_problem()
+    if problem:
+        raise typer.BadParameter(problem)
+    if sum([source is not None, gold, empty]) != 1:
+        raise typer.BadParameter("give exactly one of SOURCE, --gold, --empty")
+    overrides: dict[str, str] = {}
+    for item in python or []:
+        ver, sep, path = item.partition("=")
+        if not sep or not ver.strip() or not path.strip():
+            raise typer.BadParameter(f"{item!r}: expected X.Y=PATH", param_hint="--python")
+        overrides[ver.strip()] = path.strip()
+    insts = _swebench_instances(dataset, ids, repos, limit, None, 0, split)
+    try:
+        if gold:
+            preds = gold_predictions(insts)
+        elif empty:
+            preds = empty_predictions(insts)
+        else:
+            assert source is not None
+            chosen = {i.instance_id for i in insts}
+            preds = {v: [p for p in ps if p.instance_id in chosen] for v, ps in load_predictions(source).items()}
+        if out is None:
+            if source is None:
+                raise typer.BadParameter("--gold / --empty need --out", param_hint="--out")
+            out = source if source.is_dir() else source.with_suffix(".eval")
+        chosen_backend, why = choose_backend(backend)
+    except EvaluationError as e:
+        raise typer.BadParameter(str(e)) from None
+    console.print(f"backend: {chosen_backend} ({why})")
+    needed = {p.instance_id for ps in preds.values() for p in ps}
+    insts = [i for i in insts if i.instance_id in needed]
+    cache = _swebench_repos(repos_dir, repo_url, cache_dir)
+    base_cache = default_cache_dir().parent
+    cfg = LocalConfig(timeout_s=timeout, install_timeout_s=install_timeout, env_dir=env_dir or base_cache / "swebench-envs",
+                      python_overrides=overrides)
+    spec_map: dict = {}
+    missing: dict[str, str] = {}
+    if chosen_backend == "local":
+        git_dirs: dict[str, str] = {}
+        for repo in sorted({i.repo for i in insts}):
+            try:
+                git_dirs[repo] = cache.open(repo).git_dir
+            except Exception as e:  # noqa: BLE001 - a missing clone makes its instances errors, not the run
+                for i in insts:
+                    if i.repo == repo:
+                        missing[i.instance_id] = f"repository not available: {e}"
+        try:
+            spec_file = load_spec_file(specs) if specs is not None else None
+            spec_map, more = resolve_specs([i for i in insts if i.repo in git_dirs], git_dirs, spec_file,
+                                           str(specs) if specs else "--specs", swebench_specs)
+        except SpecError as e:
+            raise typer.BadParameter(str(e), param_hint="--specs / --swebench-specs") from None
+        missing.update(more)
+    try:
+        rep = evaluate(preds, insts, out, cache, backend=chosen_backend, dataset=dataset, specs=spec_map, missing=missing,
+                       cfg=cfg, workers=workers, json_out=json_out, meta={"dataset": str(dataset), "source": str(source) if source else ("gold" if gold else "empty")})
+    except EvaluationError as e:
+        raise typer.BadParameter(str(e)) from None
+    t = Table(title=f"SWE-bench evaluation ({chosen_backend}) -> {out / 'evaluation.json'}")
+    for col in ("variant", "resolved", "unresolved", "error", "unsupported", "resolved rate (graded)"):
+        t.add_column(col)
+    for v, s in rep["variants"].items():
+        r = s["resolved_rate"]
+        rate = "-" if r["mean"] is None else f"{100 * r['mean']:.1f}%" + (f" ± {100 * r['se']:.1f}" if r["se"] is not None else "")
+        t.add_row(v, str(s["resolved_instances"]), str(s["unresolved_instances"]), str(s["error_instances"]),
+                  str(s["unsupported_instances"]), rate)
+    console.print(fit(t, console))
+    bad = [o for o in rep["instances"] if o["status"] != "resolved" and o.get("reason")]
+    if bad:
+        d = Table(title="not resolved")
+        for col in ("variant", "instance", "status", "reason"):
+            d.add_column(col)
+        for o in bad:
+            d.add_row(o["variant"], o["instance_id"], o["status"], o["reason"])
+        console.print(fit(d, console))
+    if gold and any(o["status"] in ("unresolved", "error") for o in rep["instances"]):
+        raise typer.Exit(1)
+    if empty:
+        no_f2p = {i.instance_id for i in insts if not i.FAIL_TO_PASS}
+        if any(o["status"] == "resolved" and o["instance_id"] not in no_f2p for o in rep["instances"]):
+            raise typer.Exit(1)
+
+
 # ---- arena: serve ----------------------------------------------------------------------------
 
