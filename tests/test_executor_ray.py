@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from steerswitch.benchmarks.executor import RayExecutor, WorkerFactory
 from steerswitch.benchmarks.swebench.instances import Instance
 from steerswitch.benchmarks.swebench.pipeline import PipelineConfig, SwebenchWorker, WorkItem, run_pipeline
-from steerswitch.benchmarks.swebench.runner import SwebenchWorkerSpec, build_swebench_worker, swebench_worker_factory
+from steerswitch.benchmarks.swebench.runner import GeneratorSettings, SwebenchWorkerSpec, build_swebench_worker, swebench_worker_factory
 from steerswitch.cli import app
 
 ray = pytest.importorskip("ray", reason="the Ray executor tests need ray (pip install 'steerswitch[ray]')")
@@ -121,11 +121,11 @@ def test_swebench_on_ray_equals_local(ray_cluster, model, world, tmp_path: Path)
     name, registry, domain = model
     root, insts, dataset = world
     args = ["swebench", "run", "--dataset", str(dataset), "--repo-url", f"{root}/mirror/{{repo}}", "--model", name,
-            "--variants", f"baseline,{domain}", "--registry", registry, "--max-new-tokens", "8", "--context-tokens", "150"]
+            "--variants", f"direct:baseline,direct:{domain}", "--registry", registry, "--max-new-tokens", "8", "--context-tokens", "150"]
     _invoke([*args, "--out", str(tmp_path / "local"), "--cache-dir", str(tmp_path / "cache_local")])
     _invoke([*args, "--out", str(tmp_path / "ray"), "--cache-dir", str(tmp_path / "cache_ray"), "--executor", "ray",
              "--workers", "2"])
-    for variant in ("baseline", domain):
+    for variant in ("direct-baseline", f"direct-{domain}"):
         local, remote = _comparable(tmp_path / "local", variant), _comparable(tmp_path / "ray", variant)
         assert [r["instance_id"] for r in remote] == sorted(i.instance_id for i in insts)
         assert local == remote
@@ -165,26 +165,26 @@ def build_dying_worker(spec: DyingSpec) -> DyingWorker:
 def _spec(model: tuple[str, str, str], root: Path, cache: Path, variants: list[str]) -> SwebenchWorkerSpec:
     name, registry, _ = model
     cfg = PipelineConfig(model=name, variants=variants, context_tokens=150)
-    return SwebenchWorkerSpec(cfg=cfg, registry=registry, max_new_tokens=6, repo_url=f"{root}/mirror/{{repo}}", cache_dir=str(cache),
+    return SwebenchWorkerSpec(cfg=cfg, registry=registry, generation=GeneratorSettings(max_new_tokens=6), repo_url=f"{root}/mirror/{{repo}}", cache_dir=str(cache),
                               prepare=["acme/calc", "beta/calc"])
 
 
 def test_dead_worker_items_are_retried_then_recorded_as_failed(ray_cluster, model, world, tmp_path: Path) -> None:
     root, insts, _ = world
-    spec = _spec(model, root, tmp_path / "cache", ["baseline"])
+    spec = _spec(model, root, tmp_path / "cache", ["direct:baseline"])
     (tmp_path / "markers").mkdir()
     dying = DyingSpec(inner=spec, die_once=[insts[0].instance_id], die_always=[insts[2].instance_id], markers=str(tmp_path / "markers"))
     out = tmp_path / "run"
     s = run_pipeline(insts, out, None, None, spec.cfg, executor=RayExecutor(workers=2, max_retries=1),
                      worker=WorkerFactory(build_dying_worker, dying), progress=False)
     assert s.completed == len(insts) and s.errors == 1
-    recs = _lines(out / "baseline" / "records.jsonl")
+    recs = _lines(out / "direct-baseline" / "records.jsonl")
     assert sorted(r["instance_id"] for r in recs) == sorted(i.instance_id for i in insts)  # each exactly once
     by_id = {r["instance_id"]: r for r in recs}
-    assert (tmp_path / "markers" / f"{insts[0].instance_id}.baseline").exists()  # its first attempt did die
+    assert (tmp_path / "markers" / f"{insts[0].instance_id}.direct:baseline").exists()  # its first attempt did die
     assert by_id[insts[0].instance_id]["error"] is None and by_id[insts[0].instance_id]["generation"]["new_tokens"] > 0
     assert "worker lost: worker died 2 time(s)" in by_id[insts[2].instance_id]["error"]
-    assert [p["instance_id"] for p in _lines(out / "baseline" / "predictions.jsonl")] == [r["instance_id"] for r in recs]
+    assert [p["instance_id"] for p in _lines(out / "direct-baseline" / "predictions.jsonl")] == [r["instance_id"] for r in recs]
 
 
 class Recording:
@@ -199,18 +199,19 @@ class Recording:
 def test_stopped_ray_run_resumes_with_only_the_missing_items(ray_cluster, model, world, tmp_path: Path) -> None:
     root, insts, _ = world
     domain = model[2]
-    spec = _spec(model, root, tmp_path / "cache", ["baseline", domain])
+    spec = _spec(model, root, tmp_path / "cache", ["direct:baseline", f"direct:{domain}"])
     factory = swebench_worker_factory(spec)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):  # the driver stops after 3 results, as on Ctrl-C
         run_pipeline(insts, out, None, None, spec.cfg, executor=StopAfter(RayExecutor(workers=2), 3), worker=factory, progress=False)
-    first = {(r["instance_id"], v) for v in ("baseline", domain) for r in _lines(out / v / "records.jsonl")}
+    dirs = ("direct-baseline", f"direct-{domain}")
+    first = {(r["instance_id"], r["variant"]) for v in dirs for r in _lines(out / v / "records.jsonl")}
     assert len(first) == 3
     again = Recording(RayExecutor(workers=2))
     s = run_pipeline(insts, out, None, None, spec.cfg, executor=again, worker=factory, progress=False)
-    everything = {(i.instance_id, v) for i in insts for v in ("baseline", domain)}
+    everything = {(i.instance_id, v) for i in insts for v in ("direct:baseline", f"direct:{domain}")}
     assert s.skipped == 3 and s.completed == 5 and set(again.seen) == everything - first
-    for v in ("baseline", domain):
+    for v in dirs:
         ids = [r["instance_id"] for r in _lines(out / v / "records.jsonl")]
         assert sorted(ids) == sorted(i.instance_id for i in insts)  # nothing lost, nothing twice
         assert [p["instance_id"] for p in _lines(out / v / "predictions.jsonl")] == ids

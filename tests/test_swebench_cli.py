@@ -75,8 +75,30 @@ def test_run_then_report(world: dict[str, Path], tmp_path: Path) -> None:
 
 def test_run_rejects_steered_variant_without_registry(world: dict[str, Path], tmp_path: Path) -> None:
     res = _invoke("swebench", "run", "--dataset", world["data"], "--repos-dir", world["repos"], "--out", tmp_path / "o",
+                  "--model", world["model"], "--variants", "baseline,dynamic")
+    assert res.exit_code != 0 and "--registry" in res.output and "dynamic" in res.output
+    # a bare domain name is refused and told how to write it now
+    res = _invoke("swebench", "run", "--dataset", world["data"], "--repos-dir", world["repos"], "--out", tmp_path / "o",
                   "--model", world["model"], "--variants", "baseline,patch_writing")
-    assert res.exit_code != 0 and "--registry" in res.output
+    assert res.exit_code == 2 and "direct:patch_writing" in re.sub(r"[\s│]+", " ", res.output)
+    res = _invoke("swebench", "run", "--dataset", world["data"], "--repos-dir", world["repos"], "--out", tmp_path / "o",
+                  "--model", world["model"], "--budget", "task=0.9,rag=0.9")
+    assert res.exit_code == 2 and "sum to" in res.output
+
+
+def test_orchestrated_and_direct_run_then_paired_report(world: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = _invoke("swebench", "run", "--dataset", world["data"], "--repos-dir", world["repos"], "--out", out,
+                  "--model", world["model"], "--variants", "baseline,direct:baseline", "--step-max-new-tokens", "3",
+                  "--max-new-tokens", "3", "--limit", "2", "--cache-dir", tmp_path / "cache", "--budget", "task=0.3")
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(x) for x in (out / "baseline" / "records.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(len(r["generation"]["meta"]["run"]["steps"]) == 3 for r in recs)
+    assert recs[0]["generation"]["meta"]["run"]["config"]["budget_shares"]["task"] == 0.3
+    assert (out / "baseline" / "checkpoints.sqlite").exists()
+    direct = [json.loads(x) for x in (out / "direct-baseline" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["model_name_or_path"] for p in direct] == [f"{world['model'].name}__direct-baseline"] * 2 or all(
+        p["model_name_or_path"].endswith("__direct-baseline") for p in direct)
 
 
 def test_retrieve_json(world: dict[str, Path], tmp_path: Path) -> None:

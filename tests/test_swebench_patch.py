@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from steerswitch.benchmarks.swebench.patch import (
     BaseTree,
+    edit_blocks_to_diff,
+    parse_edit_blocks,
     extract_patch,
     patch_files,
     process_output,
@@ -292,3 +294,47 @@ def test_property_never_crashes_never_escapes(linky: tuple[Path, str, Path], tex
         assert all(_safe(p, tree) for p in chk.edited_files)
     assert sorted(os.listdir(outside)) == before and (outside / "victim.py").read_text() == "x = 1\n"
     assert extract_patch(text)[1] in ("tag", "fence", "bare", "edit_blocks", "none")
+
+
+_NUMPYDOC = '''def mean(values):
+    """Arithmetic mean.
+
+    Returns
+    =======
+    float
+        The mean.
+    """
+    return sum(values) / len(values)
+
+
+def total(values):
+    return sum(values)
+
+
+def count(values):
+    return sum(values)
+'''
+
+
+def test_edit_block_whose_search_contains_an_equals_underline() -> None:
+    # the SEARCH text itself holds numpydoc's '=======' underline: splitting at the first '=' line
+    # (aider, Agentless) would search for a fragment and put the rest of SEARCH into the file
+    text = ("lib.py\n<<<<<<< SEARCH\n    Returns\n    =======\n    float\n        The mean.\n=======\n"
+            "    Returns\n    =======\n    float\n        The arithmetic mean (nan for no values).\n>>>>>>> REPLACE\n")
+    (blk,) = parse_edit_blocks(text)
+    assert len(blk.splits) == 3
+    diff, problems = edit_blocks_to_diff([blk], lambda p: _NUMPYDOC if p == "lib.py" else None)
+    assert problems == []
+    assert "-        The mean.\n+        The arithmetic mean (nan for no values).\n" in diff
+    assert diff.count("\n-") == 2 and diff.count("\n+") == 2  # one line changed (plus the ---/+++ headers)
+    # the divider may also be followed by REPLACE text that holds an underline
+    text2 = ("lib.py\n<<<<<<< SEARCH\ndef total(values):\n=======\ndef total(values):\n    \"\"\"Sum.\n\n    Returns\n"
+             "    =======\n    number\n    \"\"\"\n>>>>>>> REPLACE\n")
+    diff2, problems2 = edit_blocks_to_diff(parse_edit_blocks(text2), lambda p: _NUMPYDOC)
+    assert problems2 == [] and "+    =======\n" in diff2 and "-def total" not in diff2
+
+
+def test_edit_block_matching_several_places_is_rejected() -> None:
+    text = "lib.py\n<<<<<<< SEARCH\n    return sum(values)\n=======\n    return sum(values) or 0\n>>>>>>> REPLACE\n"
+    diff, problems = edit_blocks_to_diff(parse_edit_blocks(text), lambda p: _NUMPYDOC)
+    assert diff == "" and problems == ["edit block 1: SEARCH text matches 2 places in lib.py; give more context lines to pick one"]

@@ -7,7 +7,7 @@ statement, earlier outputs and retrieved code, each trimmed to the agent's budge
 
 from steerswitch.agents.loader import BUILTIN_AGENTS, AgentConfigError, builtin_agents, builtin_path, load_agents, parse_agents
 from steerswitch.agents.prompt import PriorStep, RenderedPrompt, TokenCounter, render_prompt
-from steerswitch.agents.spec import TEMPLATE_FIELDS, AgentSpec, FewShotExample, GenerationSettings, PromptBudget
+from steerswitch.agents.spec import TEMPLATE_FIELDS, AgentSpec, BudgetShares, FewShotExample, GenerationSettings, PromptBudget
 
 __all__ = [
     "BUILTIN_AGENTS",
@@ -18,6 +18,7 @@ __all__ = [
     "GenerationSettings",
     "PriorStep",
     "PromptBudget",
+    "BudgetShares",
     "RenderedPrompt",
     "TokenCounter",
     "builtin_agents",

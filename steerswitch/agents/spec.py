@@ -67,6 +67,60 @@ class PromptBudget(BaseModel):
     max_examples: int = Field(2, ge=0)
 
 
+class BudgetShares(BaseModel):
+    """A prompt budget as shares of the model's prompt room (context length - new tokens).
+
+    The agents' absolute caps (`PromptBudget`) were sized for a 512-token model; on a 32k-context
+    model they would cut a SWE-bench issue to 128 tokens. Each step's caps are
+    max(agent's cap, share x room): the absolute caps stay the floor for tiny models, and a large
+    model's prompt grows with its context. Parsed from ``task=0.2,rag=0.5,history=0.2``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: float = Field(0.25, ge=0, le=1)
+    rag: float = Field(0.35, ge=0, le=1)
+    history: float = Field(0.25, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_sum(self) -> "BudgetShares":
+        total = self.task + self.rag + self.history
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"budget shares sum to {total:g}; they are shares of one prompt and must sum to at most 1")
+        return self
+
+    @classmethod
+    def parse(cls, text: str) -> "BudgetShares":
+        """``"task=0.2,rag=0.5,history=0.2"`` (unnamed parts keep their defaults); a ValueError names the bad part."""
+        values: dict[str, float] = {}
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            key, eq, value = part.partition("=")
+            key = key.strip()
+            if not eq or key not in cls.model_fields:
+                raise ValueError(f"budget {text!r}: {part!r} must be NAME=SHARE with NAME one of {', '.join(cls.model_fields)}")
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ValueError(f"budget {text!r}: share {value.strip()!r} of {key} is not a number") from None
+        try:
+            return cls(**values)
+        except ValueError as e:  # pydantic's message, reduced to its reasons
+            raise ValueError(f"budget {text!r}: {e}".splitlines()[0] + " " + " ".join(str(e).splitlines()[1:])) from None
+
+    def caps(self, floor: PromptBudget, room: int | None) -> PromptBudget:
+        """The caps a step uses with `room` tokens for its prompt (None: the model states no context)."""
+        if room is None or room <= 0:
+            return floor
+        return PromptBudget(
+            task_tokens=max(floor.task_tokens, int(self.task * room)),
+            history_tokens=max(floor.history_tokens, int(self.history * room)) if floor.history_tokens else 0,
+            rag_tokens=max(floor.rag_tokens, int(self.rag * room)) if floor.rag_tokens else 0,
+            max_examples=floor.max_examples,
+        )
+
+
 class AgentSpec(BaseModel):
     """One agent: its role, the domain it is steered toward, and how it generates."""
 

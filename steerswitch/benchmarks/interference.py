@@ -211,12 +211,10 @@ class InterferenceResult(BaseModel):
 
 
 def context_limit(engine: SteeringEngine) -> int | None:
-    cfg = engine.model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    """The model's context length (the project's one answer: `engine.loading.context_limit`)."""
+    from steerswitch.engine.loading import context_limit as model_context_limit
+
+    return model_context_limit(engine.model)
 
 
 def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:

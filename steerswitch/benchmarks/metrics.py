@@ -264,6 +264,22 @@ def paired_differences(a: Sequence[float | None], b: Sequence[float | None]) -> 
     return [float(x) - float(y) for x, y in zip(a, b) if x is not None and y is not None and not (math.isnan(x) or math.isnan(y))]
 
 
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value for paired binary outcomes.
+
+    `a_only`: pairs where only A succeeded, `b_only`: only B. Under H0 the discordant pairs split
+    as Binomial(a_only + b_only, 1/2); p = min(1, 2 P(X <= min)). No discordant pairs: p = 1.
+    """
+    if a_only < 0 or b_only < 0:
+        raise ValueError(f"mcnemar_exact: counts must be >= 0, got {a_only}, {b_only}")
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    k = min(a_only, b_only)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2.0 * tail)
+
+
 def harmonic_mean(scores: Sequence[float]) -> float:
     """Harmonic mean of non-negative scores; 0 if any score is 0 (AxBench's combiner)."""
     if not scores:

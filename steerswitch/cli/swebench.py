@@ -62,16 +62,24 @@ def swebench_run(
     repos_dir: Optional[Path] = _SWE_REPOS_DIR,
     repo_url: Optional[str] = _SWE_REPO_URL,
     cache_dir: Optional[Path] = _SWE_CACHE,
-    variants: str = typer.Option("baseline", help="comma list: baseline, or registry domains (domain or domain@scale)"),
+    variants: str = typer.Option("baseline", help="comma list of orchestrator variants (baseline, static, dynamic, additive) "
+                                 "and one-prompt variants (direct:baseline, direct:DOMAIN, direct:DOMAIN@SCALE)"),
     model: str = typer.Option(DEFAULT_MODEL, help="hub id, local dir, or the shipped tiny-coder"),
-    registry: Optional[Path] = typer.Option(None, help="vector registry YAML for non-baseline variants"),
+    registry: Optional[Path] = typer.Option(None, help="vector registry YAML (default: the model's shipped registry.yaml)"),
+    scenario: str = typer.Option("swebench", help="orchestrator scenario of the orchestrated variants"),
+    scenarios_file: Optional[Path] = typer.Option(None, "--scenarios", help="YAML adding/replacing scenarios"),
+    router: str = typer.Option("plan", help="plan (agent's domain) | projection (highest cosine with the prompt)"),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="AlphaPolicy YAML (default: built-in defaults)"),
+    budget: Optional[str] = typer.Option(None, help="prompt shares of the model's context, e.g. task=0.2,rag=0.5,history=0.2 "
+                                         "(the agents' token caps stay the floor)"),
+    step_max_new_tokens: Optional[int] = typer.Option(None, min=1, help="new tokens of every orchestrated step (default: each agent's)"),
     limit: Optional[int] = typer.Option(None, min=0, help="first N instances (after filters/sample)"),
     ids: Optional[str] = typer.Option(None, help="comma list of instance ids"),
     repos: Optional[str] = typer.Option(None, help="comma list of repos (owner/name)"),
     sample: Optional[int] = typer.Option(None, min=0, help="seeded random sample of N instances"),
     seed: int = typer.Option(0),
     split: Optional[str] = typer.Option(None, help="split of a saved DatasetDict"),
-    max_new_tokens: int = typer.Option(256, min=1),
+    max_new_tokens: int = typer.Option(256, min=1, help="new tokens of a direct: variant's one generation"),
     context_tokens: int = typer.Option(1500, min=0, help="token budget of the retrieved context (cut further to fit the model)"),
     context_files: int = typer.Option(5, min=0, help="top-ranked files the context may draw from"),
     device: Optional[str] = typer.Option(None),
@@ -91,37 +99,54 @@ def swebench_run(
     from steerswitch.benchmarks.swebench.pipeline import PipelineConfig, run_pipeline
     from steerswitch.benchmarks.swebench.report import (
         build_report,
+        render_cost,
+        render_paired,
         render_report,
         run_harness,
     )
-    from steerswitch.benchmarks.swebench.runner import make_direct_generator
+    from steerswitch.agents import BudgetShares
+    from steerswitch.benchmarks.swebench.runner import GeneratorSettings, make_generator
+    from steerswitch.benchmarks.swebench.variants import parse_variants
 
     console = Console()
     insts = _swebench_instances(dataset, ids, repos, limit, sample, seed, split)
     cache = _swebench_repos(repos_dir, repo_url, cache_dir)
     ex = _make_executor(executor, ray_address, workers, gpus_per_worker, max_retries)
-    names = [v.strip() for v in variants.split(",") if v.strip()]
-    if not names:
-        raise typer.BadParameter("give at least one variant", param_hint="--variants")
+    try:
+        names = [v.name for v in parse_variants(variants)]
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--variants") from None
+    if router not in ("plan", "projection"):
+        raise typer.BadParameter("choose 'plan' or 'projection'", param_hint="--router")
+    try:
+        shares = BudgetShares.parse(budget) if budget else BudgetShares()
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--budget") from None
+    from steerswitch.benchmarks.executor import absolute_if_exists
+
+    settings = GeneratorSettings(
+        max_new_tokens=max_new_tokens, step_max_new_tokens=step_max_new_tokens, scenario=scenario,
+        scenarios_file=absolute_if_exists(scenarios_file), router=router, policy_file=absolute_if_exists(policy_file),
+        budget=shares, checkpoint_dir=str(Path(out).resolve()),
+    )
     try:
         cfg = PipelineConfig(model=model, variants=names, context_tokens=context_tokens, context_files=context_files,
                              continue_on_error=continue_on_error, dataset=str(dataset))
         if ex.remote:  # each worker loads the model and prepares the repositories on its node (paths made absolute)
-            from steerswitch.benchmarks.executor import absolute_if_exists
             from steerswitch.benchmarks.swebench.runner import (
                 SwebenchWorkerSpec,
                 swebench_worker_factory,
             )
 
             spec = SwebenchWorkerSpec(
-                cfg=cfg, model=absolute_if_exists(model), registry=absolute_if_exists(registry), max_new_tokens=max_new_tokens,
+                cfg=cfg, model=absolute_if_exists(model), registry=absolute_if_exists(registry), generation=settings,
                 device=device or ("cuda" if gpus_per_worker > 0 else None), repos_dir=absolute_if_exists(repos_dir),
                 repo_url=repo_url, cache_dir=absolute_if_exists(cache_dir), prepare=sorted({i.repo for i in insts}),
             )
             summary = run_pipeline(insts, out, None, None, cfg, executor=ex, worker=swebench_worker_factory(spec),
                                    retry_errors=retry_errors)
         else:
-            gen = make_direct_generator(model, names, registry, max_new_tokens=max_new_tokens, device=device)
+            gen = make_generator(model, names, registry, settings, device=device)
             summary = run_pipeline(insts, out, gen, cache, cfg, executor=ex, retry_errors=retry_errors)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
@@ -129,7 +154,8 @@ def swebench_run(
     rep = build_report(out)
     if harness:
         rep.harness = run_harness(out, dataset).model_dump()
-    console.print(fit(render_report(rep), console))
+    for table in (render_report(rep), render_paired(rep), render_cost(rep)):
+        console.print(fit(table, console))
     write_json(json_out, rep.to_json())
 
 
@@ -140,9 +166,9 @@ def swebench_report(
     harness: bool = typer.Option(False, "--harness", help="run the official swebench harness (needs swebench + Docker)"),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="instances file for --harness (default: the run's)"),
 ) -> None:
-    """Per variant: valid-diff / path / apply rates, retrieval recall@1/5/10, edited-file P/R, tokens, seconds (± SE).
-
-    Also writes OUT/report.json.
+    """Per variant: valid-diff / path / apply rates, retrieval recall@1/5/10, edited-file P/R, tokens, seconds (± SE);
+    every pair of variants compared on the same instances (paired difference ± SE, McNemar p, resolved when
+    OUT/evaluation.json exists); cost per instance. Also writes OUT/report.json.
     """
     import json
 
@@ -150,6 +176,8 @@ def swebench_report(
 
     from steerswitch.benchmarks.swebench.report import (
         build_report,
+        render_cost,
+        render_paired,
         render_report,
         run_harness,
     )
@@ -175,7 +203,8 @@ def swebench_report(
         typer.echo(json.dumps(data, indent=2, default=str))
     else:
         console = Console()
-        console.print(fit(render_report(rep), console))
+        for table in (render_report(rep), render_paired(rep), render_cost(rep)):
+            console.print(fit(table, console))
 
 
 @swebench_app.command("retrieve")

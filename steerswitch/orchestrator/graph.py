@@ -33,8 +33,9 @@ from typing import Any, Callable, Sequence
 
 from langgraph.graph import END, START, StateGraph
 
-from steerswitch.agents import AgentSpec, PriorStep, TokenCounter, render_prompt
+from steerswitch.agents import AgentSpec, BudgetShares, PriorStep, TokenCounter, render_prompt
 from steerswitch.engine import Steer
+from steerswitch.engine.loading import context_limit as _model_context_limit
 from steerswitch.orchestrator.events import StepEnd, StepStart, TokenEvent
 from steerswitch.orchestrator.policy import AlphaPolicy
 from steerswitch.orchestrator.router import Router, resolve_step
@@ -46,13 +47,8 @@ class OrchestratorError(RuntimeError):
 
 
 def context_limit(engine: Any) -> int | None:
-    """The model's context length in tokens, if it states one."""
-    config = getattr(engine.model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    """The model's context length in tokens, if it states one (`engine.loading.context_limit`)."""
+    return _model_context_limit(engine.model)
 
 
 def plan_domains(agents: dict[str, AgentSpec], plan: Sequence[dict[str, Any]], scenario: str = "?") -> list[str]:
@@ -97,10 +93,13 @@ def build_graph(
     on_event: Callable[[Any], None] | None = None,
     checkpointer: Any = None,
     max_new_tokens: int | None = None,
+    budget: BudgetShares | None = None,
 ) -> Any:
     """A compiled LangGraph `StateGraph` over `RunState` (see the module docstring).
 
     `registry` may be None only for `baseline`. `max_new_tokens` overrides every agent's.
+    `budget`: each step's prompt caps are max(agent's cap, share x (context - new tokens))
+    (default `BudgetShares()`); the caps used are recorded in the step's `budget`.
     """
     if variant not in VARIANTS:
         raise OrchestratorError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -112,6 +111,7 @@ def build_graph(
         raise OrchestratorError("the engine has no tokenizer: agents write text prompts")
     counter = TokenCounter(engine.tokenizer)
     limit = context_limit(engine)
+    shares = budget if budget is not None else BudgetShares()
 
     def emit(event: Any) -> None:
         if on_event is not None:
@@ -130,6 +130,7 @@ def build_graph(
         scenario = state.get("scenario", "?")
         spec = resolve_step(agents, plan[index], scenario=scenario, index=index)
         new_tokens = int(max_new_tokens or spec.generation.max_new_tokens)
+        spec = spec.model_copy(update={"budget": shares.caps(spec.budget, None if limit is None else limit - new_tokens)})
         history = [PriorStep(s["agent"], s["routed_domain"], s["output"]) for s in steps]
         budget = None if limit is None else limit - new_tokens
         if budget is not None and budget < 16:
@@ -174,6 +175,7 @@ def build_graph(
             "history_tokens": rendered.history_tokens,
             "task_tokens": rendered.task_tokens,
             "context_cut": rendered.context_cut,
+            "budget": spec.budget.model_dump(),
             "prompt_tokens": prompt_tokens,
             "generation": spec.generation.engine_kwargs(new_tokens),
             "output_kind": spec.output,
@@ -222,7 +224,7 @@ def build_graph(
         record = StepRecord(
             index=index, agent=p["agent"], variant=variant, routed_domain=p["routed_domain"], steers=active,
             policy=p["policy"], route_scores=p["route_scores"], n_few_shot=p["n_few_shot"], rag_tokens=p["rag_tokens"],
-            history_tokens=p["history_tokens"], task_tokens=p["task_tokens"], prompt_tokens=p["prompt_tokens"], context_cut=p.get("context_cut") or {},
+            history_tokens=p["history_tokens"], task_tokens=p["task_tokens"], prompt_tokens=p["prompt_tokens"], context_cut=p.get("context_cut") or {}, budget=p.get("budget") or {},
             new_tokens=result.new_tokens, seconds=seconds, tokens_per_second=result.new_tokens / seconds if seconds > 0 else 0.0,
             output_kind=p["output_kind"], prompt=p["messages"], output=result.text or "", **top,
         )

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
-from steerswitch.agents import AgentSpec, load_agents
+from steerswitch.agents import AgentSpec, BudgetShares, load_agents
 from steerswitch.engine.loading import model_info
 from steerswitch.orchestrator.events import RunEnd, RunStart
 from steerswitch.orchestrator.graph import OrchestratorError, build_graph, plan_domains
@@ -111,6 +111,7 @@ def run_task(
     router: str | Router = "plan",
     static_domain: str | None = None,
     max_new_tokens: int | None = None,
+    budget: BudgetShares | None = None,
 ) -> RunRecord:
     """Run `task` through `scenario` under `variant`; see the module docstring.
 
@@ -132,6 +133,7 @@ def run_task(
     plan = [step.model_dump() for step in scenario_obj.steps]
     specs = [resolve_step(agents, step, scenario=scenario_obj.name, index=i) for i, step in enumerate(plan)]
     policy = policy if policy is not None else AlphaPolicy()
+    budget = budget if budget is not None else BudgetShares()
     router_obj = make_router(router, engine, registry) if isinstance(router, str) else router
     if variant != "baseline":
         if registry is None:
@@ -158,7 +160,7 @@ def run_task(
             checkpointer = SqliteSaver(conn)
         app = build_graph(
             engine, registry, agents, router_obj, policy, variant,
-            static_domain=static_domain, on_event=on_event, checkpointer=checkpointer, max_new_tokens=max_new_tokens,
+            static_domain=static_domain, on_event=on_event, checkpointer=checkpointer, max_new_tokens=max_new_tokens, budget=budget,
         )
         existing = app.get_state(config).values if checkpointer is not None else {}
         resumed = bool(existing)
@@ -202,6 +204,7 @@ def run_task(
         config={
             "static_domain": static_domain,
             "max_new_tokens": max_new_tokens,
+            "budget_shares": budget.model_dump(),
             "rag_context_chars": len(rag_context) if rag_context else 0,
             "checkpoint_path": str(checkpoint_path) if checkpoint_path is not None else None,
             "agents": {s.name: s.model_dump(mode="json") for s in specs},

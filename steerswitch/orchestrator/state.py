@@ -61,6 +61,7 @@ class StepRecord(BaseModel):
     task_tokens: int = Field(ge=0)
     prompt_tokens: int = Field(ge=0)
     context_cut: dict[str, int] = Field(default_factory=dict)  # removed to fit the model's context (see RenderedPrompt)
+    budget: dict[str, int] = Field(default_factory=dict)  # the prompt caps the step used (PromptBudget after BudgetShares)
     new_tokens: int = Field(ge=0)
     seconds: float = Field(ge=0)
     tokens_per_second: float = Field(ge=0)

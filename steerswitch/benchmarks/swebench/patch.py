@@ -170,9 +170,10 @@ def _ls_tree(git_dir: str, commit: str) -> dict[str, tuple[str, str]]:
 _TAG_RE = re.compile(r"<patch>[ \t]*\n?(.*?)(?:</patch>|\Z)", re.S)
 _FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:^[ \t]*\1[ \t]*$|\Z)", re.S | re.M)
 _DIFF_START_RE = re.compile(r"^(?:diff --git |--- [^\n]*\n\+\+\+ )", re.M)
-_EDIT_RE = re.compile(
-    r"^[ \t]*<{5,9}[ \t]*SEARCH[^\n]*\n(.*?)^[ \t]*={5,9}[ \t]*\n(.*?)^[ \t]*>{5,9}[ \t]*REPLACE[^\n]*$", re.S | re.M
-)
+_EDIT_RE = re.compile(r"^[ \t]*<{5,9}[ \t]*SEARCH[^\n]*\n(.*?)^[ \t]*>{5,9}[ \t]*REPLACE[^\n]*$", re.S | re.M)
+# A divider candidate: a line of '=' only. numpydoc underlines headings with such lines, so a
+# block can hold several; the one that makes SEARCH match the file is chosen when applying.
+_DIVIDER_RE = re.compile(r"^[ \t]*={5,9}[ \t]*(?:\n|\Z)", re.M)
 _FENCE_LINE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})")
 
 
@@ -186,11 +187,16 @@ def _strip_fences(text: str) -> str:
 
 
 class EditBlock(BaseModel):
-    """One SEARCH/REPLACE edit: replace ``search`` by ``replace`` in ``path`` (empty search: new file/append)."""
+    """One SEARCH/REPLACE edit: replace ``search`` by ``replace`` in ``path`` (empty search: new file/append).
+
+    ``search``/``replace`` split the block at its first ``=`` line; ``splits`` holds every possible
+    split (one per ``=`` line) in order, for blocks whose text itself contains such lines.
+    """
 
     path: str
     search: str
     replace: str
+    splits: list[tuple[str, str]] = Field(default_factory=list)
 
 
 def parse_edit_blocks(text: str) -> list[EditBlock]:
@@ -208,8 +214,24 @@ def parse_edit_blocks(text: str) -> list[EditBlock]:
                 if path.startswith(prefix):
                     path = path[len(prefix):].strip()
             break
-        blocks.append(EditBlock(path=path, search=m.group(1), replace=m.group(2)))
+        body = m.group(1)
+        splits = [(body[: d.start()], body[d.end():]) for d in _DIVIDER_RE.finditer(body)]
+        if not splits:
+            continue  # no divider: not an edit block
+        blocks.append(EditBlock(path=path, search=splits[0][0], replace=splits[0][1], splits=splits))
     return blocks
+
+
+def _matches(content: str, search: str) -> int:
+    """How many places ``search`` matches in ``content`` (exactly, else ignoring trailing whitespace per line)."""
+    if search == "":
+        return 1
+    exact = content.count(search)
+    if exact:
+        return exact
+    c_lines = [ln.rstrip() for ln in content.splitlines()]
+    key = [ln.rstrip() for ln in search.splitlines()]
+    return sum(1 for i in range(len(c_lines) - len(key) + 1) if c_lines[i : i + len(key)] == key)
 
 
 def _apply_edit(content: str, search: str, replace: str) -> str | None:
@@ -225,6 +247,24 @@ def _apply_edit(content: str, search: str, replace: str) -> str | None:
         if [ln.rstrip() for ln in c_lines[i : i + len(s_lines)]] == key:
             return "".join(c_lines[:i]) + replace + "".join(c_lines[i + len(s_lines) :])
     return None
+
+
+def _choose_split(blk: EditBlock, content: str) -> tuple[tuple[str, str] | None, str | None]:
+    """The (search, replace) split of a block to apply to ``content``, or (None, why not).
+
+    Among the splits whose SEARCH matches exactly one place, the longest SEARCH wins: a file that
+    holds the text *with* an ``=`` line is the strongest evidence of where the divider is. A
+    SEARCH that matches several places is refused (editing the first match could edit the wrong one).
+    """
+    splits = blk.splits or [(blk.search, blk.replace)]
+    counts = [_matches(content, search) for search, _ in splits]
+    unique = [sp for sp, n in zip(splits, counts) if n == 1]
+    if unique:
+        return max(unique, key=lambda sp: len(sp[0])), None
+    many = [n for n in counts if n > 1]
+    if many:
+        return None, f"SEARCH text matches {min(many)} places in {blk.path}; give more context lines to pick one"
+    return None, f"SEARCH text not found in {blk.path}"
 
 
 def _unified(path: str, old: str | None, new: str | None) -> str:
@@ -266,9 +306,10 @@ def edit_blocks_to_diff(blocks: list[EditBlock], read_file: Callable[[str], str 
                 problems.append(f"edit block {n}: {blk.path} does not exist at the base commit")
                 continue
             current = ""
-        new = _apply_edit(current, blk.search, blk.replace)
+        split, why = _choose_split(blk, current)
+        new = None if split is None else _apply_edit(current, *split)
         if new is None:
-            problems.append(f"edit block {n}: SEARCH text not found in {blk.path}")
+            problems.append(f"edit block {n}: {why or f'SEARCH text not found in {blk.path}'}")
             continue
         edited[blk.path] = new
     parts = [_unified(p, originals[p], text) for p, text in edited.items() if text != (originals[p] or "")

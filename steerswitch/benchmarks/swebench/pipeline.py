@@ -5,6 +5,7 @@ Layout of a run directory ``OUT``::
     OUT/run.json                     the run's configuration (model, dataset, variants, settings)
     OUT/<variant>/predictions.jsonl  official format: instance_id, model_name_or_path, model_patch
     OUT/<variant>/records.jsonl      one PredictionRecord per instance: PatchCheck, retrieval, timings
+                                     (<variant> with ':' written '-': ``direct:baseline`` -> ``direct-baseline``)
 
 Invariants:
 - Work is a list of items (instance x variant) handed to an executor ``executor(items, worker,
@@ -64,9 +65,15 @@ __all__ = [
     "run_pipeline",
     "retrieve_for",
     "model_name_or_path",
+    "variant_dir",
 ]
 
-_VARIANT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+-]*$")
+_VARIANT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@+:-]*$")
+
+
+def variant_dir(variant: str) -> str:
+    """The folder of a variant in the run directory: ':' becomes '-' (``direct:x`` -> ``direct-x``)."""
+    return variant.replace(":", "-")
 
 
 # ------------------------------------------------------------------------------------- records
@@ -76,6 +83,7 @@ class GenerationOutput(BaseModel):
 
     text: str
     new_tokens: int = 0
+    prompt_tokens: int = 0  # summed over the generations (every step of an orchestrated run)
     seconds: float = 0.0
     meta: dict[str, Any] = Field(default_factory=dict)  # e.g. the orchestrator's step records
 
@@ -111,6 +119,7 @@ class RetrievalInfo(BaseModel):
 
 class GenerationInfo(BaseModel):
     new_tokens: int = 0
+    prompt_tokens: int = 0
     seconds: float = 0.0
     output: str = ""  # the raw model output (truncated to 20k characters)
     meta: dict[str, Any] = Field(default_factory=dict)
@@ -139,7 +148,7 @@ class PredictionRecord(BaseModel):
 def model_name_or_path(model: str, variant: str) -> str:
     """The harness names its log folders after this; one name per (model, variant)."""
     base = model.rstrip("/").replace("/", "__")
-    return f"{base}__{variant}"
+    return f"{base}__{variant_dir(variant)}"
 
 
 # ------------------------------------------------------------------------------------- executor
@@ -298,7 +307,8 @@ class SwebenchWorker:
             rec.timings["total"] = time.perf_counter() - t0
             return rec
         rec.timings["generate"] = time.perf_counter() - t1
-        rec.generation = GenerationInfo(new_tokens=out.new_tokens, seconds=out.seconds or rec.timings["generate"],
+        rec.generation = GenerationInfo(new_tokens=out.new_tokens, prompt_tokens=out.prompt_tokens,
+                                        seconds=out.seconds or rec.timings["generate"],
                                         output=out.text[:20000], meta=out.meta)
         t2 = time.perf_counter()
         try:
@@ -363,7 +373,9 @@ def run_pipeline(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_json(out_dir, cfg)
-    stores = {v: PredictionStore(out_dir / v) for v in cfg.variants}
+    if len({variant_dir(v) for v in cfg.variants}) != len(cfg.variants):
+        raise ValueError(f"variants {cfg.variants}: two of them share a directory name (':' is written '-')")
+    stores = {v: PredictionStore(out_dir / variant_dir(v)) for v in cfg.variants}
     done = {v: s.load(retry_errors=retry_errors) for v, s in stores.items()}
     items = [WorkItem(instance=inst, variant=v) for inst in instances for v in cfg.variants if inst.instance_id not in done[v]]
     skipped = len(instances) * len(cfg.variants) - len(items)
@@ -434,7 +446,9 @@ class DirectGenerator:
             raise ValueError("DirectGenerator needs an engine with a tokenizer")
         self.chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
         self.tokenizer = tok  # the pipeline packs retrieved context with it
-        window = getattr(engine.model.config, "max_position_embeddings", None) or 4096
+        from steerswitch.engine.loading import context_limit
+
+        window = context_limit(engine.model) or 4096
         self.max_prompt_tokens = max_prompt_tokens or max(16, window - max_new_tokens)
 
     def _n_tokens(self, prompt: str) -> int:
@@ -470,7 +484,7 @@ class DirectGenerator:
 
     def __call__(self, inst: Instance, variant: str, context: str) -> GenerationOutput:
         steers = None
-        if variant != "baseline":
+        if variant not in ("baseline", "direct:baseline"):
             if self.steer_fn is None:
                 raise ValueError(f"variant {variant!r} needs a steer function (only 'baseline' runs unsteered)")
             steers = self.steer_fn(inst, variant)
@@ -480,5 +494,5 @@ class DirectGenerator:
         text = res.text or ""
         if not self.chat:
             text = _PRIMER + text
-        return GenerationOutput(text=text, new_tokens=res.new_tokens, seconds=res.seconds,
+        return GenerationOutput(text=text, new_tokens=res.new_tokens, prompt_tokens=res.prompt_tokens, seconds=res.seconds,
                                 meta={"prompt_tokens": res.prompt_tokens})

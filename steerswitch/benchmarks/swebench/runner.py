@@ -6,8 +6,10 @@ Invariants:
   the others are listed with their error.
 - ``check_gold`` validates each gold patch exactly as given (no repair) with the same
   ``validate_patch`` that judges model patches.
-- Variants: ``baseline`` is unsteered; any other variant names a registry domain, optionally with
-  a scale (``domain@0.5``; ``domain@0`` is the alpha = 0 control), steered for the whole generation.
+- Variants (``variants.parse_variant``): ``baseline | static | dynamic | additive`` run the
+  orchestrator (``orchestrated.OrchestratedGenerator``); ``direct:baseline`` and
+  ``direct:DOMAIN[@SCALE]`` one prompt, unsteered or with one domain held for the whole generation
+  (``@0`` is the alpha = 0 control). The model's shipped registry is used unless one is given.
 - ``swebench_worker_factory`` describes a pipeline worker by names and paths only
   (``SwebenchWorkerSpec``), so an executor can build it anywhere (one model per Ray actor). A worker
   prepares the spec's repositories before its first item under a lock in the cache directory, so
@@ -26,13 +28,16 @@ from pydantic import BaseModel, Field
 from steerswitch.benchmarks.executor import WorkerFactory
 from steerswitch.benchmarks.swebench.instances import Instance
 from steerswitch.benchmarks.swebench.patch import patch_files, validate_patch
+from steerswitch.agents import BudgetShares
+from steerswitch.benchmarks.swebench.orchestrated import OrchestratedGenerator, VariantGenerator
 from steerswitch.benchmarks.swebench.pipeline import DirectGenerator, PipelineConfig, SwebenchWorker
+from steerswitch.benchmarks.swebench.variants import parse_variant, parse_variants
 from steerswitch.benchmarks.metrics import summarize
 from steerswitch.benchmarks.report import progress_bar
 from steerswitch.rag.repo import RepoCache
 from steerswitch.rag.retriever import Retriever, RetrieverConfig
 
-__all__ = ["default_cache_dir", "open_repos", "parse_variant", "registry_steer_fn", "make_direct_generator",
+__all__ = ["default_cache_dir", "open_repos", "registry_steer_fn", "GeneratorSettings", "check_variants", "make_generator",
            "retrieve_instances", "check_gold", "prepare_repos", "SwebenchWorkerSpec", "build_swebench_worker",
            "swebench_worker_factory"]
 
@@ -52,48 +57,90 @@ def open_repos(repos_dir: Path | None, repo_url: str | None, cache_dir: Path | N
     return RepoCache(cache_dir or default_cache_dir(), repos_dir=repos_dir, url_template=repo_url)
 
 
-def parse_variant(variant: str) -> tuple[str, float]:
-    """``"domain@0.5"`` -> ("domain", 0.5); ``"domain"`` -> ("domain", 1.0)."""
-    name, _, scale = variant.partition("@")
-    try:
-        return name, float(scale) if scale else 1.0
-    except ValueError:
-        raise ValueError(f"variant {variant!r}: the part after '@' must be a number (a scale of the domain's alpha)") from None
-
-
 def registry_steer_fn(registry: Any, variants: Sequence[str]) -> Callable[[Instance, str], Any]:
-    """Steers for each non-baseline variant from a ``VectorRegistry`` (checked up front)."""
-    for v in variants:
-        if v == "baseline":
-            continue
-        name, _ = parse_variant(v)
-        if name not in registry:
-            raise ValueError(f"variant {v!r}: no domain {name!r} in the registry (domains: {', '.join(registry.domains)})")
+    """Steers for each steered ``direct:DOMAIN[@SCALE]`` variant from a ``VectorRegistry`` (domains checked up front)."""
+    for name in variants:
+        v = parse_variant(name)
+        if v.kind == "direct" and v.steers and v.target not in registry:
+            raise ValueError(f"variant {name!r}: no domain {v.target!r} in the registry (domains: {', '.join(registry.domains)})")
 
     def steer_fn(_inst: Instance, variant: str) -> Any:
-        name, scale = parse_variant(variant)
-        return [registry.steer(name, scale)]
+        v = parse_variant(variant)
+        return [registry.steer(v.target, v.scale)]
 
     return steer_fn
 
 
-def make_direct_generator(model: str, variants: Sequence[str], registry_path: Path | None = None,
-                          max_new_tokens: int = 256, device: str | None = None) -> DirectGenerator:
-    """Load ``model`` into a SteeringEngine and wrap it as the pipeline's direct generator."""
-    others = [v for v in variants if v != "baseline"]
-    if others and registry_path is None:
-        raise ValueError(f"variants {others} need --registry (a vector registry YAML); only 'baseline' runs without one")
-    from steerswitch.engine import SteeringEngine, load_model, model_info
+class GeneratorSettings(BaseModel):
+    """How the pipeline's generators are built (plain data: a remote executor ships it to each worker)."""
 
-    mdl, tok = load_model(model, device=device)
-    engine = SteeringEngine(mdl, tok)
-    steer_fn = None
-    if others:
-        from steerswitch.vectors.registry import VectorRegistry
+    max_new_tokens: int = Field(256, ge=1)  # direct variants; orchestrated steps use their agents' unless overridden
+    step_max_new_tokens: int | None = Field(None, ge=1)  # overrides every orchestrated step's max_new_tokens
+    scenario: str = "swebench"
+    scenarios_file: str | None = None
+    router: str = "plan"
+    policy_file: str | None = None
+    budget: BudgetShares = Field(default_factory=BudgetShares)
+    checkpoint_dir: str | None = None  # per-variant LangGraph checkpoints (the run directory)
 
-        registry = VectorRegistry.load(registry_path, model_info=model_info(mdl))  # type: ignore[arg-type]
-        steer_fn = registry_steer_fn(registry, variants)
-    return DirectGenerator(engine, max_new_tokens=max_new_tokens, steer_fn=steer_fn)
+
+def check_variants(variants: Sequence[str], registry: Any, registry_path: Any, settings: GeneratorSettings) -> None:
+    """Every variant parses and finds what it needs in the registry (before any model work)."""
+    parsed = parse_variants(variants)
+    steered = [v.name for v in parsed if v.steers]
+    if steered and registry is None:
+        raise ValueError(f"variants {steered} steer, so they need a vector registry: pass --registry "
+                         "(the model ships no registry.yaml)")
+    if registry is None:
+        return
+    registry_steer_fn(registry, variants)
+    orch = [v for v in parsed if v.kind == "orchestrated" and v.steers]
+    if orch:
+        from steerswitch.agents import load_agents
+        from steerswitch.orchestrator import load_scenarios, plan_domains
+
+        table = load_scenarios(settings.scenarios_file) if settings.scenarios_file else load_scenarios()
+        if settings.scenario not in table:
+            raise ValueError(f"scenario {settings.scenario!r} is unknown (choose one of {', '.join(sorted(table))})")
+        plan = [step.model_dump() for step in table[settings.scenario].steps]
+        domains = plan_domains(load_agents(), plan, settings.scenario)
+        needed = domains if any(v.target in ("dynamic", "additive") for v in orch) else domains[-1:]
+        if settings.router != "plan" and not any(v.target in ("static", "additive") for v in orch):
+            needed = []  # a projection router picks among the registry's domains itself
+        missing = [d for d in needed if d not in registry.domains]
+        if missing:
+            raise ValueError(f"registry {registry_path}: no domain(s) {missing} for scenario {settings.scenario!r} "
+                             f"(it has {', '.join(registry.domains)})")
+
+
+def make_generator(model: str, variants: Sequence[str], registry: str | Path | None = None,
+                   settings: GeneratorSettings | None = None, device: str | None = None) -> VariantGenerator:
+    """Load ``model`` through ``Session`` (its shipped registry unless ``registry`` names one) and build
+    the generators the variants need: orchestrated (``run_task``) and/or direct (one prompt)."""
+    from steerswitch.session import Session
+
+    settings = settings or GeneratorSettings()
+    parse_variants(variants)  # a bad name fails before the model loads
+    session = Session.load(model, registry=registry if registry is not None else "auto", device=device)
+    check_variants(variants, session.registry, session.registry_path, settings)
+    parsed = parse_variants(variants)
+    direct = orchestrated = None
+    if any(v.kind == "direct" for v in parsed):
+        steer_fn = registry_steer_fn(session.registry, variants) if session.registry is not None else None
+        direct = DirectGenerator(session.engine, max_new_tokens=settings.max_new_tokens, steer_fn=steer_fn)
+    if any(v.kind == "orchestrated" for v in parsed):
+        from steerswitch.orchestrator import AlphaPolicy
+
+        policy = AlphaPolicy.from_yaml(settings.policy_file) if settings.policy_file else None
+        scenario: Any = settings.scenario
+        if settings.scenarios_file:
+            from steerswitch.orchestrator import load_scenarios
+
+            scenario = load_scenarios(settings.scenarios_file)[settings.scenario]
+        orchestrated = OrchestratedGenerator(session.engine, session.registry, scenario=scenario, router=settings.router,
+                                             policy=policy, budget=settings.budget, checkpoint_dir=settings.checkpoint_dir,
+                                             max_new_tokens=settings.step_max_new_tokens)
+    return VariantGenerator(direct=direct, orchestrated=orchestrated)
 
 
 def prepare_repos(repos: RepoCache, names: Sequence[str]) -> dict[str, str]:
@@ -118,8 +165,8 @@ class SwebenchWorkerSpec(BaseModel):
 
     cfg: PipelineConfig
     model: str | None = None  # what to load (default cfg.model, which names the predictions), e.g. an absolute path
-    registry: str | None = None  # vector registry YAML for non-baseline variants
-    max_new_tokens: int = Field(256, ge=1)
+    registry: str | None = None  # vector registry YAML (default: the model's shipped one)
+    generation: GeneratorSettings = Field(default_factory=GeneratorSettings)
     device: str | None = None
     repos_dir: str | None = None  # local clones (owner__name); the same path on every node
     repo_url: str | None = None  # clone template for the others
@@ -132,20 +179,18 @@ def build_swebench_worker(spec: SwebenchWorkerSpec) -> SwebenchWorker:
     repos = open_repos(Path(spec.repos_dir) if spec.repos_dir else None, spec.repo_url,
                        Path(spec.cache_dir) if spec.cache_dir else None)
     prepare_repos(repos, spec.prepare)
-    gen = make_direct_generator(spec.model or spec.cfg.model, spec.cfg.variants, Path(spec.registry) if spec.registry else None,
-                                max_new_tokens=spec.max_new_tokens, device=spec.device)
+    gen = make_generator(spec.model or spec.cfg.model, spec.cfg.variants, spec.registry, spec.generation, device=spec.device)
     return SwebenchWorker(repos, gen, spec.cfg)
 
 
 def swebench_worker_factory(spec: SwebenchWorkerSpec) -> WorkerFactory:
     """A `WorkerFactory` for ``spec``, checked in the driver first (variants vs the registry's domains)."""
-    others = [v for v in spec.cfg.variants if v != "baseline"]
-    if others:
-        if spec.registry is None:
-            raise ValueError(f"variants {others} need --registry (a vector registry YAML); only 'baseline' runs without one")
-        from steerswitch.vectors.registry import VectorRegistry
+    from steerswitch.session import resolve_registry
+    from steerswitch.vectors.registry import VectorRegistry
 
-        registry_steer_fn(VectorRegistry.load(spec.registry), spec.cfg.variants)
+    parse_variants(spec.cfg.variants)
+    path = resolve_registry(spec.model or spec.cfg.model, spec.registry if spec.registry is not None else "auto")
+    check_variants(spec.cfg.variants, VectorRegistry.load(path) if path is not None else None, path, spec.generation)
     return WorkerFactory(build_swebench_worker, spec)
 
 
