@@ -85,11 +85,14 @@ def test_records_predictions_and_report(world, tmp_path: Path) -> None:
         assert all(set(p) == {"instance_id", "model_name_or_path", "model_patch"} for p in preds)
         assert preds[0]["model_patch"] == insts[0].patch and preds[0]["model_name_or_path"] == f"canned__model__{v}"
         assert preds[1]["model_patch"] == insts[1].patch  # the broken headers were repaired
+        # a rejected patch is never submitted; the record keeps it for inspection
+        assert preds[3]["model_patch"] == "" and preds[2]["model_patch"] == ""
         recs = _lines(out / v / "records.jsonl")
         valid = [r["check"]["valid"] for r in recs]
         assert valid == [True, True, False, False]
         assert recs[2]["check"]["empty"] and recs[2]["source"] == "none"
         assert not recs[3]["check"]["paths_ok"] and any("leaves the repository" in x for x in recs[3]["check"]["reasons"])
+        assert "b/../calc/stats.py" in recs[3]["raw_patch"] and recs[3]["model_patch"] == ""
         assert recs[0]["retrieval"]["gold_files"] == ["calc/stats.py"]
         assert recs[0]["retrieval"]["ranked_files"] and recs[0]["retrieval"]["context_tokens"] > 0
         assert {"retrieve", "generate", "validate", "total"} <= set(recs[0]["timings"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -84,6 +84,8 @@ def swebench_run(
     context_files: int = typer.Option(5, min=0, help="top-ranked files the context may draw from"),
     device: Optional[str] = typer.Option(None),
     continue_on_error: bool = typer.Option(False, help="record generator failures and go on instead of stopping"),
+    patch_policy: Literal["gold", "permissive"] = typer.Option(
+        "gold", "--patch-policy", help="gold: accept an executable-bit or .gitmodules change only where the gold patch makes one; permissive: always"),
     retry_errors: bool = typer.Option(False, help="redo instances whose record has an error"),
     harness: bool = typer.Option(False, "--harness", help="then run the official swebench harness (needs swebench + Docker)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
@@ -131,7 +133,7 @@ def swebench_run(
     )
     try:
         cfg = PipelineConfig(model=model, variants=names, context_tokens=context_tokens, context_files=context_files,
-                             continue_on_error=continue_on_error, dataset=str(dataset))
+                             continue_on_error=continue_on_error, dataset=str(dataset), patch_policy=patch_policy)
         if ex.remote:  # each worker loads the model and prepares the repositories on its node (paths made absolute)
             from steerswitch.benchmarks.swebench.runner import (
                 SwebenchWorkerSpec,

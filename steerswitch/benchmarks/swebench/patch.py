@@ -45,6 +45,8 @@ __all__ = [
     "PatchCheck",
     "PatchResult",
     "PatchSource",
+    "PatchPolicy",
+    "parse_patch",
     "EditBlock",
     "BaseTree",
     "extract_patch",
@@ -105,6 +107,27 @@ class PatchResult(BaseModel):
     patch: str
     source: PatchSource
     check: PatchCheck
+
+
+class PatchPolicy(BaseModel):
+    """Kinds of change beyond editing regular files' text that a patch may make (default: none).
+
+    A model patch may do what the instance's gold patch does (``from_gold``) and nothing more
+    unusual: an executable bit set or cleared and a ``.gitmodules`` edit are refused otherwise.
+    """
+
+    allow_mode_change: bool = False  # old mode / new mode lines, or a new file created executable
+    allow_gitmodules: bool = False  # .gitmodules created, edited or deleted
+
+    @classmethod
+    def from_gold(cls, gold_patch: str) -> PatchPolicy:
+        """The policy that accepts the kinds of change ``gold_patch`` makes."""
+        modes = [m.group(1) for m in _MODE_LINE_RE.finditer(gold_patch)]
+        return cls(
+            allow_mode_change=any(k in ("old mode", "new mode") for k in modes)
+            or bool(re.search(r"^new file mode\s+100755\s*$", gold_patch, re.M)),
+            allow_gitmodules=".gitmodules" in patch_files(gold_patch),
+        )
 
 
 # ------------------------------------------------------------------------------------- base tree
@@ -170,10 +193,8 @@ def _ls_tree(git_dir: str, commit: str) -> dict[str, tuple[str, str]]:
 _TAG_RE = re.compile(r"<patch>[ \t]*\n?(.*?)(?:</patch>|\Z)", re.S)
 _FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:^[ \t]*\1[ \t]*$|\Z)", re.S | re.M)
 _DIFF_START_RE = re.compile(r"^(?:diff --git |--- [^\n]*\n\+\+\+ )", re.M)
-_EDIT_RE = re.compile(r"^[ \t]*<{5,9}[ \t]*SEARCH[^\n]*\n(.*?)^[ \t]*>{5,9}[ \t]*REPLACE[^\n]*$", re.S | re.M)
-# A divider candidate: a line of '=' only. numpydoc underlines headings with such lines, so a
-# block can hold several; the one that makes SEARCH match the file is chosen when applying.
-_DIVIDER_RE = re.compile(r"^[ \t]*={5,9}[ \t]*(?:\n|\Z)", re.M)
+# A divider candidate in an edit block is a line of '=' only. numpydoc underlines headings with
+# such lines, so a block can hold several; the one that makes SEARCH match the file is chosen when applying.
 _FENCE_LINE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})")
 
 
@@ -199,26 +220,60 @@ class EditBlock(BaseModel):
     splits: list[tuple[str, str]] = Field(default_factory=list)
 
 
+MAX_OUTPUT_CHARS = 1_000_000  # model output longer than this is not searched for a patch
+_SEARCH_LINE_RE = re.compile(r"^[ \t]*<{5,9}[ \t]*SEARCH")
+_DIVIDER_LINE_RE = re.compile(r"^[ \t]*={5,9}[ \t]*$")
+_REPLACE_LINE_RE = re.compile(r"^[ \t]*>{5,9}[ \t]*REPLACE")
+_PATH_LOOKBACK = 20  # lines above a block searched for its file name
+
+
+def _block_path(lines: list[str], start: int) -> str:
+    """The nearest non-empty, non-fence line above line ``start``: the block's file name."""
+    for line in reversed(lines[max(0, start - _PATH_LOOKBACK):start]):
+        s = line.strip()
+        if not s or _FENCE_LINE_RE.match(s):
+            continue
+        path = s.strip("`*#: \t")
+        for prefix in ("File:", "file:", "Path:", "path:"):
+            if path.startswith(prefix):
+                path = path[len(prefix):].strip()
+        return path
+    return ""
+
+
 def parse_edit_blocks(text: str) -> list[EditBlock]:
-    """SEARCH/REPLACE blocks (aider style); the file name is the nearest non-fence line above each block."""
+    """SEARCH/REPLACE blocks (aider style), in one pass over the lines (linear time: model output
+    is untrusted and a regex over it backtracks); the file name is the nearest non-fence line above
+    each block. A block that is not closed before the next SEARCH line is dropped."""
+    lines = text.split("\n")
     blocks: list[EditBlock] = []
-    for m in _EDIT_RE.finditer(text):
-        before = text[: m.start()].splitlines()
-        path = ""
-        for line in reversed(before):
-            s = line.strip()
-            if not s or _FENCE_LINE_RE.match(s):
-                continue
-            path = s.strip("`*#: \t")
-            for prefix in ("File:", "file:", "Path:", "path:"):
-                if path.startswith(prefix):
-                    path = path[len(prefix):].strip()
-            break
-        body = m.group(1)
-        splits = [(body[: d.start()], body[d.end():]) for d in _DIVIDER_RE.finditer(body)]
-        if not splits:
-            continue  # no divider: not an edit block
-        blocks.append(EditBlock(path=path, search=splits[0][0], replace=splits[0][1], splits=splits))
+    i = 0
+    while i < len(lines):
+        if not _SEARCH_LINE_RE.match(lines[i]):
+            i += 1
+            continue
+        start, j, end = i, i + 1, None
+        dividers: list[int] = []
+        while j < len(lines):
+            if _SEARCH_LINE_RE.match(lines[j]):
+                break
+            if _REPLACE_LINE_RE.match(lines[j]):
+                end = j
+                break
+            if _DIVIDER_LINE_RE.match(lines[j]):
+                dividers.append(j)
+            j += 1
+        if end is None or not dividers:
+            i = max(j, start + 1)
+            continue
+
+        def text_of(a: int, b: int) -> str:
+            return "".join(line + "\n" for line in lines[a:b])
+
+        splits = [(text_of(start + 1, d), text_of(d + 1, end)) for d in dividers]
+        blocks.append(EditBlock(path=_block_path(lines, start), search=splits[0][0], replace=splits[0][1],
+                                splits=splits))
+        i = end + 1
     return blocks
 
 
@@ -323,6 +378,8 @@ def extract_patch(text: str, read_file: Callable[[str], str | None] | None = Non
     Returns ``(diff, source, problems)``; ``diff`` is ``""`` when nothing was found. Edit blocks
     need ``read_file`` (text of a path at the base commit, ``None`` if absent).
     """
+    if len(text) > MAX_OUTPUT_CHARS:
+        return "", "none", [f"model output of {len(text):,} characters is over the {MAX_OUTPUT_CHARS:,} searched for a patch"]
     tags = [m.group(1) for m in _TAG_RE.finditer(text)]
     tagged = [_strip_fences(t) for t in tags if _looks_like_diff(_strip_fences(t))]
     if tagged:
@@ -352,7 +409,7 @@ def _join(parts: list[str]) -> str:
 
 _HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")
 _EXT_HEADER_RE = re.compile(
-    r"^(index |old mode |new mode |new file mode |deleted file mode |similarity index |dissimilarity index |"
+    r"^(index |(?:old|new|new file|deleted file) mode\s|similarity index |dissimilarity index |"
     r"rename from |rename to |copy from |copy to |Binary files )"
 )
 
@@ -577,8 +634,8 @@ def _named_paths(diff: str, patch: PatchSet) -> list[tuple[str, bool]]:
 def patch_files(diff: str) -> list[str]:
     """Repository-relative paths a unified diff edits (e.g. the gold files of a gold patch); [] if unparsable."""
     try:
-        ps = PatchSet(diff)
-    except (UnidiffParseError, ValueError, UnicodeError):
+        ps = parse_patch(diff)
+    except (UnidiffParseError, ValueError, UnicodeError, IndexError):
         return []
     out: list[str] = []
     for pf in ps:
@@ -591,7 +648,116 @@ def patch_files(diff: str) -> list[str]:
     return out
 
 
-def validate_patch(diff: str, git_dir: str | Path, base_commit: str, *, tree: BaseTree | None = None) -> PatchCheck:
+def parse_patch(diff: str) -> PatchSet:
+    """``unidiff.PatchSet`` of ``diff`` split at ``\\n`` only, as git and patch split it
+    (``str.splitlines`` would also split at form feeds and other separators that git keeps in a line)."""
+    lines = [line + "\n" for line in diff.split("\n")]
+    lines[-1] = lines[-1][:-1]
+    return PatchSet([line for line in lines if line])
+
+
+# Header lines git writes between ``diff --git`` and ``---``; anything else there is refused, since
+# ``patch`` reads a context diff or an ed script hidden between files that git and unidiff skip.
+_GIT_HEADER_RE = re.compile(
+    r"^(?:diff --git .+|index [0-9a-fA-F]+\.\.[0-9a-fA-F]+(?:\s+\S+)?|(?:old|new|new file|deleted file) mode\s+\S+\s*|"
+    r"(?:dis)?similarity index \d+%|(?:rename|copy) (?:from|to) .+)$"
+)
+# Mode lines parsed as git parses them: any whitespace after the keyword.
+_MODE_LINE_RE = re.compile(r"^(old mode|new mode|new file mode|deleted file mode)\s+(\S+)\s*$", re.M)
+_INDEX_MODE_RE = re.compile(r"^index \S+\s+(\S+)\s*$")
+_REGULAR_MODES = ("100644", "100755")
+
+
+def _structure_problems(diff: str, ps: PatchSet) -> list[str]:
+    """Reasons the text holds more than the file sections unidiff parsed (hidden context diffs,
+    ed scripts, binary patches, trailing text): what gets applied must be exactly what was checked."""
+    problems: list[str] = []
+    accounted = 0
+    for pf in ps:
+        info = [ln.rstrip("\n") for ln in pf.patch_info or []]
+        for ln in info:
+            if ln.strip() == "":
+                continue
+            if ln.startswith(("Binary files ", "GIT binary patch")):
+                problems.append(f"binary patch for {pf.path!r}")
+            elif not _GIT_HEADER_RE.match(ln):
+                problems.append(f"unexpected line before {pf.path!r}: {ln[:80]!r}")
+        accounted += len(info) + (2 if len(pf) else 0) + sum(1 + len(h) for h in pf)
+    total = len(diff.split("\n")) - (1 if diff.endswith("\n") else 0)
+    if accounted != total:
+        problems.append(f"{total - accounted} line(s) are outside every file section (a context diff, an ed "
+                        "script or trailing text that 'patch' could apply)")
+    return problems
+
+
+def _mode_problems(ps: PatchSet, tree: BaseTree, policy: PatchPolicy) -> list[str]:
+    """Refuse any mode that is not a regular file, and (unless ``policy`` allows) executable-bit
+    changes and ``.gitmodules`` edits."""
+    problems: list[str] = []
+    for pf in ps:
+        path = pf.path
+        src = _path_problem(pf.source_file, True)[0] if pf.source_file and pf.source_file != "/dev/null" else None
+        for ln in pf.patch_info or []:
+            ln = ln.rstrip("\n")
+            m = _MODE_LINE_RE.match(ln)
+            mi = _INDEX_MODE_RE.match(ln)
+            mode = m.group(2) if m else (mi.group(1) if mi else None)
+            if mode is None:
+                continue
+            if mode not in _REGULAR_MODES:
+                kind = {"120000": "a symlink", "160000": "a submodule", "040000": "a directory"}.get(mode.lstrip("0").rjust(6, "0"), f"mode {mode}")
+                problems.append(f"{path!r}: {kind} is not a regular file ({ln.strip()!r})")
+                continue
+            key = m.group(1) if m else "index"
+            if key in ("old mode", "new mode") and not policy.allow_mode_change:
+                problems.append(f"{path!r}: changes the executable bit ({ln.strip()!r}); the gold patch does not")
+            elif key == "new file mode" and mode == "100755" and not policy.allow_mode_change:
+                problems.append(f"{path!r}: a new executable file; the gold patch makes none")
+            elif key == "index" and mode == "100755" and src and tree.exists(src) and tree.entries[src][0] != "100755":
+                if not policy.allow_mode_change:
+                    problems.append(f"{path!r}: index line gives mode 100755 to a file that is not executable")
+        if not policy.allow_gitmodules:
+            for f in (pf.source_file, pf.target_file):
+                p = _path_problem(f, True)[0] if f and f != "/dev/null" else None
+                if p is not None and p.split("/")[-1] == ".gitmodules":
+                    problems.append(f"{p!r}: edits submodule configuration; the gold patch does not")
+                    break
+    return list(dict.fromkeys(problems))
+
+
+def _snapshot(root: Path) -> dict[str, tuple[str, int, bytes]]:
+    """Every file and symlink under ``root``: relative path -> (kind, mode, content or link target)."""
+    out: dict[str, tuple[str, int, bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in [*filenames, *[d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]]:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if os.path.islink(full):
+                out[rel] = ("link", st.st_mode, os.readlink(full).encode("utf-8", "surrogateescape"))
+            else:
+                with open(full, "rb") as fh:
+                    out[rel] = ("file", st.st_mode, fh.read())
+    return out
+
+
+def _unexpected_writes(before: dict[str, tuple[str, int, bytes]], after: dict[str, tuple[str, int, bytes]],
+                       allowed: set[str]) -> list[str]:
+    """Paths created, changed or removed that are not ``allowed`` (nor the ``.orig``/``.rej`` files of
+    an allowed path, which ``patch`` and ``git apply --reject`` leave); a symlink is never allowed."""
+    bad: list[str] = []
+    for p in sorted(before.keys() | after.keys()):
+        if before.get(p) == after.get(p):
+            continue
+        owner = p.removesuffix(".orig").removesuffix(".rej")
+        kind = (after.get(p) or before[p])[0]
+        if kind == "link" or (p not in allowed and owner not in allowed):
+            bad.append(p)
+    return bad
+
+
+def validate_patch(diff: str, git_dir: str | Path, base_commit: str, *, tree: BaseTree | None = None,
+                   policy: PatchPolicy | None = None) -> PatchCheck:
     """Check ``diff`` against ``base_commit`` of the repository at ``git_dir`` (the ``.git`` dir or a bare repo).
 
     Order: parse -> paths -> files exist -> strict apply (index only) -> harness apply sequence in
@@ -611,16 +777,21 @@ def validate_patch(diff: str, git_dir: str | Path, base_commit: str, *, tree: Ba
         chk.reasons.append("patch is not encodable as UTF-8")
         return chk
     try:
-        ps = PatchSet(diff)
+        ps = parse_patch(diff)
     except (UnidiffParseError, ValueError, UnicodeError, IndexError) as e:
         chk.reasons.append(f"not a valid unified diff: {e}")
         return chk
     if len(ps) == 0:
         chk.reasons.append("not a valid unified diff: no file sections")
         return chk
+    structure = _structure_problems(diff, ps)
+    if structure:
+        chk.reasons.extend(structure)
+        return chk  # never hand text unidiff did not account for to git or patch, even in scratch
     chk.valid_diff = True
 
     tree = tree or BaseTree(git_dir, base_commit)
+    policy = policy or PatchPolicy()
     # -- paths
     path_reasons: list[str] = []
     edited: list[str] = []
@@ -634,10 +805,7 @@ def validate_patch(diff: str, git_dir: str | Path, base_commit: str, *, tree: Ba
         if blocker is not None:
             kind = "submodule" if tree.entries[blocker][0] == "160000" else "symlink"
             path_reasons.append(f"path {p!r} goes through the {kind} {blocker!r} at the base commit")
-    if re.search(r"^(new file mode|new mode|old mode) 120000", diff, re.M) or any(
-        (pf.target_mode or "").endswith("120000") for pf in ps if hasattr(pf, "target_mode")
-    ):
-        path_reasons.append("patch creates or edits a symlink")
+    path_reasons.extend(_mode_problems(ps, tree, policy))
     for pf in ps:
         for f in (pf.target_file, pf.source_file):
             if f and f != "/dev/null":
@@ -702,6 +870,9 @@ def validate_patch(diff: str, git_dir: str | Path, base_commit: str, *, tree: Ba
                 chk.reasons.append(f"git init of the scratch directory failed: {_last_error(init)}")
             else:
                 last = "no command ran"
+                named = {p for raw, strip in _named_paths(diff, ps) if (p := _path_problem(raw, strip)[0])}
+                allowed = {os.path.join("scratch", p) for p in named}
+                before = _snapshot(Path(td))
                 for cmd in HARNESS_APPLY_COMMANDS:
                     try:
                         proc = subprocess.run([*cmd, str(patch_file)], cwd=scratch, capture_output=True,
@@ -716,6 +887,12 @@ def validate_patch(diff: str, git_dir: str | Path, base_commit: str, *, tree: Ba
                         break
                 if not chk.lenient_apply:
                     chk.reasons.append("no harness apply command applied the patch (" + last + ")")
+                stray = _unexpected_writes(before, _snapshot(Path(td)), allowed)
+                if stray:
+                    chk.lenient_apply = False
+                    chk.paths_ok = False
+                    shown = ", ".join(repr(p.removeprefix("scratch/")) for p in stray[:5])
+                    chk.reasons.append(f"applying the patch wrote {shown}, which the patch's file sections do not name")
 
         # -- patched Python files parse
         if chk.lenient_apply:
@@ -773,13 +950,15 @@ def _syntax_error(source: bytes) -> str | None:
 
 # ------------------------------------------------------------------------------------- one call
 
-def process_output(text: str, git_dir: str | Path, base_commit: str, *, repair: bool = True) -> PatchResult:
-    """Model output -> the patch to submit and its ``PatchCheck`` (extraction, repair, validation)."""
+def process_output(text: str, git_dir: str | Path, base_commit: str, *, repair: bool = True,
+                   policy: PatchPolicy | None = None) -> PatchResult:
+    """Model output -> the patch and its ``PatchCheck`` (extraction, repair, validation). Submit
+    ``patch`` only when ``check.valid``: an invalid patch must never reach a harness."""
     tree = BaseTree(git_dir, base_commit)
     diff, source, problems = extract_patch(text, tree.read_text)
     if diff and repair and source != "edit_blocks":
         diff = repair_diff(diff, tree.read_text, tree.exists)
-    check = validate_patch(diff, git_dir, base_commit, tree=tree)
+    check = validate_patch(diff, git_dir, base_commit, tree=tree, policy=policy)
     if problems:
         check.reasons = [*problems, *check.reasons]
     return PatchResult(patch=diff, source=source, check=check)

@@ -35,7 +35,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,7 +44,7 @@ from steerswitch.benchmarks.executor import append_jsonl as _append_line
 from steerswitch.benchmarks.executor import read_jsonl as _read_jsonl_recover
 from steerswitch.benchmarks.executor import rewrite_jsonl as _rewrite_jsonl
 from steerswitch.benchmarks.swebench.instances import Instance
-from steerswitch.benchmarks.swebench.patch import PatchCheck, PatchSource, patch_files, process_output
+from steerswitch.benchmarks.swebench.patch import PatchCheck, PatchPolicy, PatchSource, patch_files, process_output
 from steerswitch.rag.pack import pack_context
 from steerswitch.rag.repo import RepoCache
 from steerswitch.rag.retriever import Retriever, RetrieverConfig
@@ -103,6 +103,9 @@ class PipelineConfig(BaseModel):
     context_tokens: int = Field(1500, ge=0)  # budget of the packed context (generator's tokenizer, else chars/4)
     retriever: RetrieverConfig = Field(default_factory=lambda: RetrieverConfig(mode="bm25"))
     repair: bool = True
+    # "gold": a patch may change an executable bit or .gitmodules only when the instance's gold
+    # patch does; "permissive": always (a user's own benchmark that needs it)
+    patch_policy: Literal["gold", "permissive"] = "gold"
     continue_on_error: bool = False
     dataset: str | None = None
 
@@ -131,7 +134,8 @@ class PredictionRecord(BaseModel):
     repo: str
     base_commit: str
     model_name_or_path: str
-    model_patch: str = ""
+    model_patch: str = ""  # what is submitted: the patch when it passed every check, else ""
+    raw_patch: str = ""  # the extracted (and repaired) patch, valid or not, for inspection
     source: PatchSource = "none"
     check: PatchCheck = Field(default_factory=PatchCheck)
     retrieval: RetrievalInfo = Field(default_factory=RetrievalInfo)
@@ -313,8 +317,11 @@ class SwebenchWorker:
         t2 = time.perf_counter()
         try:
             git_dir = str(self.repos.open(inst.repo).git_dir)
-            res = process_output(out.text, git_dir, inst.base_commit, repair=self.cfg.repair)
-            rec.model_patch, rec.source, rec.check = res.patch, res.source, res.check
+            policy = (PatchPolicy(allow_mode_change=True, allow_gitmodules=True)
+                      if self.cfg.patch_policy == "permissive" else PatchPolicy.from_gold(inst.patch))
+            res = process_output(out.text, git_dir, inst.base_commit, repair=self.cfg.repair, policy=policy)
+            rec.raw_patch, rec.source, rec.check = res.patch, res.source, res.check
+            rec.model_patch = res.patch if res.check.valid else ""  # a harness never receives a rejected patch
         except Exception as e:  # noqa: BLE001 - recorded on the item; the run goes on
             rec.error = f"validation failed: {type(e).__name__}: {e}"
             rec.check.reasons.append(rec.error)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from steerswitch.benchmarks.executor import WorkerFactory
 from steerswitch.benchmarks.swebench.instances import Instance
-from steerswitch.benchmarks.swebench.patch import patch_files, validate_patch
+from steerswitch.benchmarks.swebench.patch import PatchPolicy, patch_files, validate_patch
 from steerswitch.agents import BudgetShares
 from steerswitch.benchmarks.swebench.orchestrated import OrchestratedGenerator, VariantGenerator
 from steerswitch.benchmarks.swebench.pipeline import DirectGenerator, PipelineConfig, SwebenchWorker
@@ -245,7 +245,7 @@ def check_gold(instances: Sequence[Instance], repos: RepoCache, progress: bool =
                                    "lenient_apply": False, "reasons": []}
             try:
                 git_dir = str(repos.open(inst.repo).git_dir)
-                chk = validate_patch(inst.patch, git_dir, inst.base_commit)
+                chk = validate_patch(inst.patch, git_dir, inst.base_commit, policy=PatchPolicy.from_gold(inst.patch))
                 row.update(valid=chk.valid, strict_apply=chk.strict_apply, lenient_apply=chk.lenient_apply,
                            reasons=chk.reasons, edited_files=chk.edited_files)
             except Exception as e:  # noqa: BLE001 - a missing repo or commit is this instance's failure
