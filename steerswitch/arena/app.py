@@ -15,7 +15,8 @@ Routes (JSON unless noted; the OpenAPI schema is at /openapi.json):
 Invariants:
 - Served on loopback by default; there is no CORS middleware (no cross-origin reads), and when
   bound to loopback the Host header must name loopback (`allowed_hosts`), which stops DNS
-  rebinding. Bodies are JSON only (FastAPI refuses other content types with 422).
+  rebinding (bracketed IPv6 hosts parsed). Bodies are JSON only (FastAPI refuses other content
+  types with 422) and at most 1 MB (413 before parsing); a 422 never echoes the input (webguard.py).
 - All model work runs on the single `ModelWorker` thread, one job at a time (see worker.py):
   concurrent requests queue; a request never sees another request's steering.
 - Bad input is a 4xx with one clear `detail`: 422 for schema violations (pydantic), 400 for a
@@ -42,7 +43,6 @@ from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from steerswitch.arena.generation import ArenaRequestError, prepare, run_generation
 from steerswitch.arena.runs import RunStore, run_job
@@ -73,6 +73,7 @@ from steerswitch.engine import SteeringEngine
 from steerswitch.engine.loading import model_info
 from steerswitch.orchestrator.graph import OrchestratorError, context_limit
 from steerswitch.orchestrator.router import load_scenarios
+from steerswitch.webguard import DEFAULT_MAX_BODY_BYTES, BodyLimit, HostGuard, install_validation_handler
 
 log = logging.getLogger("steerswitch.arena")
 
@@ -223,11 +224,12 @@ def create_app(
     max_pending: int = 8,
     max_runs: int = 100,
     limits: ArenaLimits | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """The arena app around a loaded engine (and optional `VectorRegistry`).
 
-    `allowed_hosts`: Host header values accepted (None accepts any; `serve` passes the loopback
-    names when bound to loopback).
+    `allowed_hosts`: host names accepted in the Host header (None accepts any; `serve` passes the
+    loopback names when bound to loopback). `max_body_bytes`: larger request bodies get 413 unread.
     """
     state = ArenaState(engine, registry, model_name or model_info(engine.model)["name"], max_pending, max_runs, limits or ArenaLimits())
 
@@ -253,8 +255,10 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    install_validation_handler(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if allowed_hosts is not None:  # added last: the outermost check, before any body is read
+        app.add_middleware(HostGuard, allowed=allowed_hosts)
 
     @app.middleware("http")
     async def page_headers(request: Request, call_next: Any) -> Any:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from steerswitch.orchestrator.run import RunRecord
 from steerswitch.orchestrator.state import VARIANTS
+from steerswitch.webguard import reject_lone_surrogates
 
 MAX_PROMPT_CHARS = 4000
 MAX_NEW_TOKENS = 256
@@ -54,6 +55,11 @@ Int = Annotated[int, BeforeValidator(_integral)]
 class _Strict(BaseModel):
     # strict: JSON types must match the schema (no "5" for 5, no 0 for false)
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        return reject_lone_surrogates(data)
 
 
 # ---- variants ----------------------------------------------------------------------------------
@@ -109,7 +115,8 @@ class GenerationSettings(_Strict):
 
     max_new_tokens: Int = Field(default=48, ge=1, le=MAX_NEW_TOKENS)
     do_sample: bool = False
-    temperature: float = Field(default=1.0, gt=0.0, le=5.0)
+    # below 0.01, logits / temperature overflow to inf in float32 and sampling fails mid-stream
+    temperature: float = Field(default=1.0, ge=0.01, le=5.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_integral)] | None = None
     repetition_penalty: float | None = Field(default=None, ge=1.0, le=3.0)
