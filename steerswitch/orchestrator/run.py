@@ -14,6 +14,8 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import sqlite3
 import time
@@ -73,6 +75,36 @@ class RunRecord(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> "RunRecord":
         return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+
+class CheckpointError(OrchestratorError, ValueError):
+    """The checkpoint file cannot be used, or its run id holds a run made with other settings."""
+
+
+def run_settings(model: dict[str, Any], registry: Any, router: str, policy: AlphaPolicy, budget: BudgetShares,
+                 max_new_tokens: int | None, static_domain: str | None, repo: str | None, rag_context: str | None,
+                 specs: list[AgentSpec]) -> dict[str, Any]:
+    """The settings besides task, scenario and variant that change a run's steps (JSON-like)."""
+    return {
+        "model": model.get("name"),
+        "registry_sha256": registry.sha256() if registry is not None else None,
+        "router": router,
+        "policy": policy.model_dump(mode="json"),
+        "budget_shares": budget.model_dump(mode="json"),
+        "max_new_tokens": max_new_tokens,
+        "static_domain": static_domain,
+        "repo": repo,
+        "rag_context_sha256": hashlib.sha256(rag_context.encode("utf-8", "surrogatepass")).hexdigest() if rag_context else None,
+        "agents_sha256": hashlib.sha256(json.dumps([s.model_dump(mode="json") for s in specs], sort_keys=True).encode()).hexdigest(),
+    }
+
+
+def _settings_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    def short(v: Any) -> str:
+        text = json.dumps(v, sort_keys=True, default=str)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    return [f"{k} {short(old.get(k))} -> {short(new.get(k))}" for k in new if old.get(k) != new.get(k)]
 
 
 def _registry_info(registry: Any) -> dict[str, Any] | None:
@@ -149,10 +181,13 @@ def run_task(
         if missing:
             raise ValueError(f"registry {getattr(registry, 'path', '') or ''}: no domain(s) {missing} for scenario '{scenario_obj.name}' (it has {', '.join(registry.domains)})")
 
+    settings = run_settings(model_info(engine.model), registry, router_obj.name, policy, budget, max_new_tokens,
+                            static_domain, repo, rag_context, specs)
     run_id = run_id or uuid.uuid4().hex[:12]
     config = {"configurable": {"thread_id": run_id}, "recursion_limit": 2 * len(plan) + 10}
-    conn = sqlite3.connect(str(checkpoint_path), check_same_thread=False) if checkpoint_path is not None else None
+    conn = None
     try:
+        conn = sqlite3.connect(str(checkpoint_path), check_same_thread=False) if checkpoint_path is not None else None
         checkpointer = None
         if conn is not None:
             from langgraph.checkpoint.sqlite import SqliteSaver
@@ -167,7 +202,11 @@ def run_task(
         if resumed:
             for key, want in (("task", task), ("scenario", scenario_obj.name), ("variant", variant)):
                 if existing.get(key) != want:
-                    raise OrchestratorError(f"run id '{run_id}' in {checkpoint_path} holds a run with a different {key} ({existing.get(key)!r}); use a new run id")
+                    raise CheckpointError(f"run id '{run_id}' in {checkpoint_path} holds a run with a different {key} ({existing.get(key)!r}); use a new run id")
+            changed = _settings_mismatch(existing.get("settings") or {}, settings)
+            if changed:
+                raise CheckpointError(f"run id '{run_id}' in {checkpoint_path} was made with other settings ({'; '.join(changed)}); "
+                                      "use a new run id, or the same settings to resume it")
         started_wall, started = _now(), time.perf_counter()
         done_before = len(existing.get("steps") or []) if resumed else 0
         if on_event is not None:
@@ -179,10 +218,13 @@ def run_task(
         else:
             initial = {
                 "run_id": run_id, "task": task, "repo": repo, "rag_context": rag_context, "scenario": scenario_obj.name,
-                "variant": variant, "plan": plan, "steps": [], "pending": None, "done": False, "final_output": None, "patch": None,
+                "variant": variant, "plan": plan, "settings": settings, "steps": [], "pending": None, "done": False, "final_output": None, "patch": None,
             }
             final = app.invoke(initial, config)
         seconds = time.perf_counter() - started
+    except sqlite3.DatabaseError as e:  # corrupt, truncated, a directory, another schema, locked
+        raise CheckpointError(f"checkpoint {checkpoint_path}: not a usable checkpoint database ({e}); "
+                              "pass a new --checkpoint file or delete this one") from None
     finally:
         if conn is not None:
             conn.close()

@@ -78,6 +78,7 @@ class RunState(TypedDict, total=False):
     scenario: str
     variant: str
     plan: list[dict[str, Any]]  # ScenarioStep dumps: {"agent": name, "overrides": {...}}
+    settings: dict[str, Any]  # everything else that changes the result (see run.run_settings); a resume must match it
     steps: Annotated[list[dict[str, Any]], operator.add]
     pending: dict[str, Any] | None
     done: bool

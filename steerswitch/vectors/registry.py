@@ -188,7 +188,10 @@ class VectorRegistry:
         path = Path(path)
         if not path.is_file():
             raise RegistryError(path, None, "file", "no such registry file")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise RegistryError(path, None, "file", f"not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") from None
         try:
             raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
         except ConstructorError as exc:

@@ -119,6 +119,15 @@ class SteeringVector:
                 raise VectorFormatError(f"direction for layer {layer} has dtype {tensor.dtype}; expected a float dtype")
             if not bool(torch.isfinite(tensor).all()):
                 raise VectorFormatError(f"direction for layer {layer} contains NaN or infinite values")
+            if tensor.numel() == 0:
+                raise VectorFormatError(f"direction for layer {layer} is empty (zero-length tensor)")
+            norm = float(tensor.float().norm())
+            if not math.isfinite(norm):
+                # finite bf16/fp16 values whose norm overflows float32: every steer with it would be inf/NaN
+                raise VectorFormatError(f"direction for layer {layer} has a norm that overflows float32 "
+                                        f"(largest |value| {float(tensor.abs().max()):.3g}); rescale it")
+            if norm == 0.0:
+                raise VectorFormatError(f"direction for layer {layer} is all zeros (it cannot steer)")
             clean[layer] = tensor.detach().cpu()
         sizes = {t.shape[0] for t in clean.values()}
         if len(sizes) != 1:
@@ -223,15 +232,14 @@ class SteeringVector:
             raise VectorFormatError(f"{path}: not a readable safetensors file ({exc})") from exc
         directions = _directions_from_names(tensors, str(path))
         raw = header.get(METADATA_KEY)
-        if raw is None:
-            meta = VectorMetadata(hidden_size=next(iter(directions.values())).shape[0], method="import", source=str(path))
-        else:
+        meta: VectorMetadata | None = None
+        if raw is not None:
             try:
                 meta = VectorMetadata.model_validate_json(raw)
             except Exception as exc:
                 raise VectorFormatError(f"{path}: bad '{METADATA_KEY}' metadata in the safetensors header: {exc}") from exc
         try:
-            return cls(directions, meta)
+            return cls(directions, meta) if meta is not None else cls(directions, method="import", source=str(path))
         except VectorFormatError as exc:
             raise VectorFormatError(f"{path}: {exc}") from exc
 

@@ -280,6 +280,8 @@ def load_instances(path: str | Path, split: str | None = None) -> list[Instance]
         except UnicodeDecodeError as e:
             raise InstanceLoadError(f"{path}: not UTF-8 text ({e})") from None
         out = _read_json_array(path, text) if text.lstrip().startswith("[") else _read_jsonl(path, text)
+    if not out:
+        raise InstanceLoadError(f"{path}: no instances (the dataset is empty)")
     seen: set[str] = set()
     for inst in out:
         if inst.instance_id in seen:
