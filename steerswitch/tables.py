@@ -7,6 +7,7 @@ instead, each cell on its own "header: value" line.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -16,15 +17,24 @@ from rich.text import Text
 
 
 _UNBOUNDED = 100_000
+ELLIPSIS = "…"
 
 
 def fits(table: Table, width: int, console: Console | None = None) -> bool:
-    """Whether `table` can show every word of every cell whole at `width` columns (wrapping allowed)."""
+    """Whether `table` shows every word of every cell whole at `width` columns (wrapping allowed)."""
     console = console or Console(width=width)
     # Measured unconstrained (rich clamps a measurement to the width it is given). The minimum is
     # every column as narrow as its longest word: at or under it, wrapping never cuts a word.
     unconstrained = console.options.update_width(_UNBOUNDED)
-    return Measurement.get(console, unconstrained, table).minimum <= width
+    if Measurement.get(console, unconstrained, table).minimum > width:
+        return False
+    # rich shrinks the widest columns first, so a table over its minimum can still cut a long
+    # word ("direct:patch_writin…"): render it and count ellipses the cells did not hold.
+    probe = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    with probe.capture() as cap:
+        probe.print(table)
+    held = sum(_plain(c).count(ELLIPSIS) for col in table.columns for c in [col.header, *col.cells])
+    return cap.get().count(ELLIPSIS) <= held
 
 
 def vertical(table: Table) -> Group:
