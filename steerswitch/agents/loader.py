@@ -5,7 +5,7 @@ agent; `generation` and `budget` merge key by key), `agents: {name: {domain, tem
 and in user files optionally `replace_builtin: true` to start from no agents.
 
 Invariants: every returned spec is validated; a bad file raises `AgentConfigError` naming the
-file, the agent and the field. YAML is read with `yaml.safe_load` (no object construction).
+file, the agent and the field. YAML is read with `steerswitch.io.load_yaml` (no object construction, duplicate keys refused).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import importlib.resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from steerswitch.agents.spec import AgentSpec
+from steerswitch.io import YamlFileError, load_yaml
 
 FORMAT_VERSION = 1
 BUILTIN_AGENTS: tuple[str, ...] = ("code_reader", "issue_analyst", "patch_writer", "test_writer")
@@ -45,9 +45,9 @@ def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise AgentConfigError(f"{path}: no such agents file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise AgentConfigError(f"{path}: invalid YAML: {exc}") from exc
+        raw = load_yaml(path)
+    except YamlFileError as exc:
+        raise AgentConfigError(str(exc)) from None
     if not isinstance(raw, dict):
         raise AgentConfigError(f"{path}: expected a mapping with an 'agents' key")
     unknown = sorted(set(raw) - {"format_version", "defaults", "agents", "replace_builtin"})

@@ -51,6 +51,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from steerswitch.io import atomic_write_text
+
 __all__ = [
     "ItemFailure",
     "WorkerFactory",
@@ -383,14 +385,8 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 
 def rewrite_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Replace a JSONL file atomically (temporary file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Replace a JSONL file atomically (temporary file + fsync + rename)."""
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), durable=True)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -11,9 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -22,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from steerswitch.benchmarks.metrics import Summary
 from steerswitch.benchmarks.perf import environment as _engine_environment
+from steerswitch.io import atomic_write_json
 
 REQUIRED_KEYS = ("benchmark", "config", "environment", "seed", "results", "aggregates")
 
@@ -65,12 +64,7 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise ValueError(f"benchmark JSON for {path} lacks the keys {missing}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, _jsonable(data), durable=True, strict=True)
 
 
 def fmt(summary: Summary | None, digits: int = 2, percent: bool = False, compact: bool = False) -> str:

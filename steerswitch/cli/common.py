@@ -14,18 +14,9 @@ def write_json(path: "Path | None", data: object) -> None:
     """Write a command's machine-readable result atomically (temp file + rename)."""
     if path is None:
         return
-    import json
-    import os
-    import tempfile
+    from steerswitch.io import atomic_write_json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    os.replace(tmp, path)
-    from steerswitch.vectors.vector import apply_umask
-
-    apply_umask(path)  # mkstemp creates 0600
+    atomic_write_json(path, data)
 
 
 

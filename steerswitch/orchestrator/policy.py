@@ -35,6 +35,8 @@ from typing import Iterable, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from steerswitch.io import YamlFileError, load_yaml
+
 
 class PolicyConfigError(ValueError):
     """An alpha policy YAML is malformed (the message names the file and field)."""
@@ -130,9 +132,9 @@ class AlphaPolicy(BaseModel):
         if not path.is_file():
             raise PolicyConfigError(f"{path}: no such policy file")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise PolicyConfigError(f"{path}: invalid YAML: {exc}") from exc
+            raw = load_yaml(path) or {}
+        except YamlFileError as exc:
+            raise PolicyConfigError(str(exc)) from None
         if not isinstance(raw, dict):
             raise PolicyConfigError(f"{path}: expected a mapping of policy fields")
         raw = raw.get("alpha_policy", raw)  # a policy may sit under `alpha_policy:` in a larger file

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from steerswitch.agents import AgentSpec
 from steerswitch.engine.capture import capture_texts
+from steerswitch.io import YamlFileError, load_yaml
 
 FORMAT_VERSION = 1
 
@@ -81,9 +81,9 @@ def _parse_scenarios(path: Path, with_flag: bool = False) -> Any:
     if not path.is_file():
         raise ScenarioError(f"{path}: no such scenarios file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: invalid YAML: {exc}") from exc
+        raw = load_yaml(path)
+    except YamlFileError as exc:
+        raise ScenarioError(str(exc)) from None
     if not isinstance(raw, dict) or not isinstance(raw.get("scenarios"), dict):
         raise ScenarioError(f"{path}: expected a mapping with a 'scenarios' mapping")
     unknown = sorted(set(raw) - {"format_version", "scenarios", "replace_builtin"})

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +25,10 @@ from typing import Protocol, runtime_checkable
 
 import faiss
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as save_safetensors
 
+from steerswitch.io import atomic_write_bytes, atomic_write_text
 from steerswitch.rag.tokens import code_tokens
 
 __all__ = [
@@ -226,15 +227,10 @@ class EmbeddingCache:
         # (the last index.json written wins; entries it lacks are only re-embedded later)
         shard = f"shard-{time.time_ns():x}-{os.getpid()}.safetensors"
         keys = list(self._pending)
-        tmp = self.dir / f".{shard}.tmp"
-        save_file({"embeddings": np.stack([self._pending[k] for k in keys])}, str(tmp))
-        os.replace(tmp, self.dir / shard)
+        atomic_write_bytes(self.dir / shard, save_safetensors({"embeddings": np.stack([self._pending[k] for k in keys])}))
         for row, k in enumerate(keys):
             self._index[k] = [shard, row]
-        fd, tmp_index = tempfile.mkstemp(dir=self.dir, prefix=".index.", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"dim": self.dim, "entries": self._index}, f)
-        os.replace(tmp_index, self.dir / "index.json")
+        atomic_write_text(self.dir / "index.json", json.dumps({"dim": self.dim, "entries": self._index}))
         self._pending.clear()
 
 

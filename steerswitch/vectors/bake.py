@@ -206,7 +206,7 @@ def bake_domain(session: Any, domain: str, mode: BakeMode, out: str | Path, *, s
     from transformers import AutoModelForCausalLM
 
     from steerswitch.engine import Steer
-    from steerswitch.vectors.vector import apply_umask
+    from steerswitch.io import apply_umask
 
     registry = session.require_registry()
     entry = registry.entry(domain)

@@ -41,8 +41,8 @@ from typing import Any, Iterable, Literal, Mapping
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from yaml.constructor import ConstructorError
 
+from steerswitch.io import DuplicateKeyError, YamlFileError, atomic_write_text, load_yaml
 from steerswitch.vectors.vector import SteeringVector, VectorFormatError, sha256_file
 
 FORMAT_VERSION = 1
@@ -59,58 +59,6 @@ class RegistryError(ValueError):
         self.message = message
         where = f"domain '{domain}', field '{field}'" if domain is not None else f"field '{field}'"
         super().__init__(f"{self.file}: {where}: {message}")
-
-
-# ---- YAML ------------------------------------------------------------------------------------
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (PyYAML keeps the last one silently)."""
-
-
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"found duplicate key {key!r}",
-                key_node.start_mark,
-            )
-        seen[key] = loader.construct_object(value_node, deep=deep)
-    return seen
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-
-
-def _duplicate_location(exc: ConstructorError, text: str) -> tuple[str | None, str]:
-    """Which domain / field a duplicate key belongs to, from the YAML path above its line."""
-    problem = exc.problem or ""
-    key = problem.split("duplicate key ", 1)[-1].strip("'\"") if "duplicate key" in problem else "?"
-    line = exc.problem_mark.line if exc.problem_mark is not None else 0
-    lines = text.splitlines()
-    indent = len(lines[line]) - len(lines[line].lstrip()) if line < len(lines) else 0
-    # walk up to find the parent keys of the duplicate
-    parents: list[tuple[int, str]] = []
-    current = indent
-    for row in range(line - 1, -1, -1):
-        raw = lines[row]
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        ind = len(raw) - len(raw.lstrip())
-        if ind < current and ":" in raw:
-            parents.append((ind, raw.strip().split(":", 1)[0].strip("'\"")))
-            current = ind
-            if ind == 0:
-                break
-    names = [name for _, name in reversed(parents)]
-    if names == ["domains"]:
-        return key, "domains"  # the duplicate is a domain name
-    if len(names) >= 2 and names[0] == "domains":
-        return names[1], key
-    return None, key
 
 
 # ---- models ----------------------------------------------------------------------------------
@@ -189,23 +137,15 @@ class VectorRegistry:
         if not path.is_file():
             raise RegistryError(path, None, "file", "no such registry file")
         try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise RegistryError(path, None, "file", f"not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") from None
-        try:
-            raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-        except ConstructorError as exc:
-            if exc.problem and "duplicate key" in exc.problem:
-                domain, field = _duplicate_location(exc, text)
-                line = exc.problem_mark.line + 1 if exc.problem_mark is not None else "?"
-                if field == "domains":
-                    raise RegistryError(
-                        path, domain, "domains", f"domain '{domain}' is defined twice (line {line}); domain names must be unique"
-                    ) from exc
-                raise RegistryError(path, domain, field, f"key '{field}' appears twice (line {line})") from exc
-            raise RegistryError(path, None, "yaml", f"invalid YAML: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise RegistryError(path, None, "yaml", f"invalid YAML: {exc}") from exc
+            raw = load_yaml(path)
+        except DuplicateKeyError as exc:
+            if exc.parents == ("domains",):
+                raise RegistryError(path, exc.key, "domains",
+                                    f"domain '{exc.key}' is defined twice (line {exc.line}); domain names must be unique") from None
+            domain = exc.parents[1] if len(exc.parents) >= 2 and exc.parents[0] == "domains" else None
+            raise RegistryError(path, domain, exc.key, f"key '{exc.key}' appears twice (line {exc.line})") from None
+        except YamlFileError as exc:
+            raise RegistryError(path, None, "file" if exc.line is None else "yaml", exc.message) from None
         return cls._from_data(raw, path, model_info)
 
     @classmethod
@@ -344,11 +284,7 @@ class VectorRegistry:
         """Write the YAML (vector paths rewritten relative to the new location; vectors are not copied)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = self.to_yaml(relative_to=path.parent.resolve())
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, self.to_yaml(relative_to=path.parent.resolve()))
 
     def sha256(self) -> str:
         """Hash of the canonical YAML (which holds every vector's sha256): one id for a run record."""

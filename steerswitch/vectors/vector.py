@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from steerswitch.io import atomic_write_bytes
+
 if TYPE_CHECKING:  # pragma: no cover
     from steerswitch.engine.steering import Steer
 
@@ -35,20 +37,11 @@ HOOK_SITE = "decoder_layer_output"
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """A safetensors file created with the user's umask (safetensors' own `save_file` creates files
-    mode 0600, so vectors were private while the registry next to them was not)."""
-    path = Path(path)
-    path.write_bytes(safetensors_bytes(tensors, metadata=metadata))
-    return path
+    """A safetensors file written atomically with the user's umask (safetensors' own `save_file`
+    creates files mode 0600, so vectors were private while the registry next to them was not)."""
+    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
 
 
-def apply_umask(path: str | Path) -> None:
-    """Give a file written by a library that creates it 0600 the mode a plain open() would."""
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 METADATA_KEY = "steerswitch"
 FORMAT_VERSION = 1
 

@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +43,7 @@ from pydantic import BaseModel, Field
 from steerswitch.benchmarks.swebench.instances import Instance
 from steerswitch.benchmarks.swebench.patch import HARNESS_APPLY_COMMANDS, patch_files
 from steerswitch.benchmarks.swebench.specs import EnvSpec, InstanceSpec
+from steerswitch.io import atomic_write_text
 
 __all__ = [
     "SUPPORTED_SWEBENCH",
@@ -234,17 +234,6 @@ def find_python(version: str, overrides: Mapping[str, str] | None = None) -> str
 
 # ------------------------------------------------------------------------------------ helpers
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; results follow the user's umask
-    os.replace(tmp, path)
-
-
 class _Log:
     """The instance's ``run_instance.log``: one timestamped line per step."""
 
@@ -384,8 +373,8 @@ class EnvManager:
                     self._failed[key] = why
                     shutil.rmtree(d, ignore_errors=True)
                     raise _EnvBuildError(why)
-        _atomic_write(marker, json.dumps({"python": python, "spec": spec.env.model_dump(mode="json"),
-                                          "deviations": deviations, "repo": inst.repo, "version": inst.version}))
+        atomic_write_text(marker, json.dumps({"python": python, "spec": spec.env.model_dump(mode="json"),
+                                              "deviations": deviations, "repo": inst.repo, "version": inst.version}), durable=True)
         log(f"environment {d} built")
         return d, False, deviations
 
@@ -608,7 +597,7 @@ def _docker_variant(variant: str, preds: list[Prediction], dataset: Path, vdir: 
 
     vdir.mkdir(parents=True, exist_ok=True)
     pfile = vdir / "predictions.jsonl"
-    _atomic_write(pfile, "".join(json.dumps(p.model_dump()) + "\n" for p in preds))
+    atomic_write_text(pfile, "".join(json.dumps(p.model_dump()) + "\n" for p in preds), durable=True)
     run_id = f"steerswitch-{variant}"
     cmd = [sys.executable, "-m", "swebench.harness.run_evaluation", "--dataset_name", str(dataset.resolve()),
            "--predictions_path", str(pfile.resolve()), "--run_id", run_id, "--max_workers", str(max(1, workers)),
@@ -724,14 +713,14 @@ def evaluate(
                                         **summarize_outcomes(outs, total=len(preds))}
             rep["instances"].extend(o.model_dump(mode="json") for o in outs)
         text = json.dumps(rep, indent=2, default=str) + "\n"
-        _atomic_write(out_dir / EVALUATION_FILE, text)
+        atomic_write_text(out_dir / EVALUATION_FILE, text, durable=True)
         if json_out is not None:
-            _atomic_write(Path(json_out), text)
+            atomic_write_text(Path(json_out), text, durable=True)
         return rep
 
     def record(o: InstanceOutcome, ldir: Path) -> None:
         # the outcome file is written last: its presence means the instance is finished
-        _atomic_write(ldir / OUTCOME_FILE, o.model_dump_json(indent=2))
+        atomic_write_text(ldir / OUTCOME_FILE, o.model_dump_json(indent=2), durable=True)
         with write_lock:
             results[(o.variant, o.instance_id)] = o
             write_report()

@@ -28,7 +28,6 @@ Invariants:
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import traceback
@@ -45,6 +44,7 @@ from steerswitch.benchmarks.executor import read_jsonl as _read_jsonl_recover
 from steerswitch.benchmarks.executor import rewrite_jsonl as _rewrite_jsonl
 from steerswitch.benchmarks.swebench.instances import Instance
 from steerswitch.benchmarks.swebench.patch import PatchCheck, PatchPolicy, PatchSource, patch_files, process_output
+from steerswitch.io import atomic_write_json
 from steerswitch.rag.pack import pack_context
 from steerswitch.rag.repo import RepoCache
 from steerswitch.rag.retriever import Retriever, RetrieverConfig
@@ -351,9 +351,7 @@ def _check_run_json(out_dir: Path, cfg: PipelineConfig) -> None:
                              "use another --out")
         variants = list(dict.fromkeys([*old.get("variants", []), *cfg.variants]))
         cfg = cfg.model_copy(update={"variants": variants})
-    tmp = path.with_name("run.json.tmp")
-    tmp.write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, cfg.model_dump(mode="json"))
 
 
 def run_pipeline(

@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from steerswitch.benchmarks.swebench.instances import Instance
+from steerswitch.io import YamlFileError, load_yaml
 
 __all__ = [
     "SWEBENCH4_INSTALL_HINT",
@@ -122,11 +122,11 @@ def load_spec_file(path: str | Path) -> dict[str, dict[str, EnvSpec]]:
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path)
     except OSError as e:
         raise SpecError(f"{path}: cannot read the spec file ({e})") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML ({e})") from None
+    except YamlFileError as e:
+        raise SpecError(str(e)) from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: must map 'owner/name' to {{version: spec}}")
     out: dict[str, dict[str, EnvSpec]] = {}
