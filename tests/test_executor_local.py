@@ -112,8 +112,11 @@ def test_missing_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_pa
         make_executor("ray", workers=2)
     for cmd in (["sweep", "--model", str(tmp_path / "nope")], ["swebench", "run", "--dataset", str(tmp_path / "d.jsonl"),
                                                                   "--out", str(tmp_path / "o"), "--repos-dir", str(tmp_path)]):
-        if cmd[0] == "swebench":
-            (tmp_path / "d.jsonl").write_text("")
+        if cmd[0] == "swebench":  # a real one-instance dataset: the executor is what must fail
+            from fixtures_repos import make_fixture_repo, make_instances
+
+            inst = make_instances([make_fixture_repo(tmp_path)])[0]
+            (tmp_path / "d.jsonl").write_text(json.dumps(inst) + "\n")
         res = CliRunner().invoke(app, [*cmd, "--executor", "ray", "--workers", "2"])
         assert res.exit_code != 0 and "steerswitch[ray]" in res.output, res.output
 
