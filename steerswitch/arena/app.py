@@ -71,7 +71,8 @@ from steerswitch.arena.schemas import (
 from steerswitch.arena.worker import EventChannel, JobCancelled, ModelWorker, QueueFull
 from steerswitch.engine import SteeringEngine
 from steerswitch.engine.loading import model_info
-from steerswitch.orchestrator.graph import OrchestratorError, context_limit
+from steerswitch.engine.loading import context_limit
+from steerswitch.orchestrator.graph import OrchestratorError
 from steerswitch.orchestrator.router import load_scenarios
 from steerswitch.webguard import DEFAULT_MAX_BODY_BYTES, BodyLimit, HostGuard, install_validation_handler
 

@@ -39,7 +39,8 @@ from steerswitch.arena.schemas import (
 from steerswitch.benchmarks.metrics import first_divergence, keyword_count, rep_n, subwords
 from steerswitch.benchmarks.sweep import score_rows
 from steerswitch.engine import Steer, SteeringEngine
-from steerswitch.orchestrator.graph import context_limit
+from steerswitch.engine.loading import context_limit
+from steerswitch.engine.prompts import count_prompt_tokens
 
 
 class ArenaRequestError(ValueError):
@@ -62,14 +63,6 @@ class PreparedGeneration:
     prompt: str | list[dict[str, str]]
     prompt_tokens: int
     keyword_domains: list[str]
-
-
-def count_prompt_tokens(tokenizer: Any, prompt: str, chat: bool) -> int:
-    """Tokens the engine will feed for `prompt` (chat template applied when asked and present)."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return len(tokenizer(prompt)["input_ids"])
 
 
 def _steer_info(steer: Steer) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from pydantic import BaseModel, Field
 
 from steerswitch.benchmarks.metrics import Summary, harmonic_mean, keyword_count, summarize
 from steerswitch.engine import SteeringEngine
+from steerswitch.engine.loading import context_limit
 
 DEFAULT_FEW_SHOT = (0, 1, 3, 5)
 DEFAULT_RAG = (0, 1024, 2048, 4096)
@@ -208,13 +209,6 @@ class InterferenceResult(BaseModel):
     fit: dict[str, Any] | None
     excluded_domains: dict[str, str]
     seconds: float
-
-
-def context_limit(engine: SteeringEngine) -> int | None:
-    """The model's context length (the project's one answer: `engine.loading.context_limit`)."""
-    from steerswitch.engine.loading import context_limit as model_context_limit
-
-    return model_context_limit(engine.model)
 
 
 def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from steerswitch.engine.loading import decoder_layers
+from steerswitch.engine.prompts import prompt_ids
 
 Reduce = Literal["last", "all", "mean"]
 
@@ -106,14 +107,7 @@ def capture_residuals(
 def tokenize_texts(tokenizer: Any, texts: Sequence[str], chat: bool = False) -> list[list[int]]:
     """Token ids for each text: `tokenizer(text)` with its default special tokens, or the chat
     template (one user message, generation prompt added) when `chat`."""
-    rows: list[list[int]] = []
-    for text in texts:
-        if chat:
-            rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-            rows.append(list(tokenizer(rendered, add_special_tokens=False)["input_ids"]))
-        else:
-            rows.append(list(tokenizer(text)["input_ids"]))
-    return rows
+    return [prompt_ids(tokenizer, text, chat) for text in texts]
 
 
 def capture_texts(

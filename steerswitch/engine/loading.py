@@ -74,7 +74,10 @@ def _hub_offline() -> bool:
 
 def context_limit(model_or_config: Any) -> int | None:
     """The model's context length in tokens as its config states it, else None. The one place the
-    project answers "how long may a prompt be"."""
+    project answers "how long may a prompt be"; takes an engine, a model or a config."""
+    engine_model = getattr(model_or_config, "model", None)
+    if engine_model is not None and hasattr(engine_model, "config") and not hasattr(model_or_config, "config"):
+        model_or_config = engine_model  # a SteeringEngine (or anything holding the model)
     config = getattr(model_or_config, "config", model_or_config)
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
         value = getattr(config, name, None)

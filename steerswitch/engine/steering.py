@@ -41,6 +41,7 @@ from steerswitch.engine.capture import (
     position_ids_from_mask,
 )
 from steerswitch.engine.loading import decoder_layers
+from steerswitch.engine.prompts import prompt_ids, render_prompt
 
 Mode = Literal["add", "clamp", "ablate", "rotate"]
 Positions = Literal["all", "prompt", "generated"]
@@ -571,34 +572,21 @@ class SteeringEngine:
 
     # ---- inputs ------------------------------------------------------------------------------
     def render(self, prompt: Any, chat: bool | None = None) -> str:
-        """The text the model is given for one prompt: a string as is (or as one user message when
-        `chat`), chat messages through the tokenizer's chat template (generation prompt added), or
-        joined by blank lines when the tokenizer has no template or `chat` is False."""
+        """The text the model is given for one prompt (`engine.prompts.render_prompt`)."""
         if self.tokenizer is None:
             raise ValueError("this engine has no tokenizer, so prompts must be lists of token ids")
-        template = getattr(self.tokenizer, "chat_template", None)
-        if isinstance(prompt, str):
-            if not (chat and template):
-                return prompt
-            prompt = [{"role": "user", "content": prompt}]
-        if isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
-            if chat is not False and template:
-                return str(self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True))
-            return "\n\n".join(str(m.get("content", "")) for m in prompt)
-        raise TypeError(f"expected a string or a list of chat messages, got {type(prompt).__name__}")
+        return render_prompt(self.tokenizer, prompt, chat)
 
     def tokenize(self, prompt: Any, chat: bool | None = None) -> list[int]:
-        """Token ids of one prompt exactly as `generate` feeds it (see `render`). Never warns about
-        the tokenizer's model_max_length: counting a long text is not truncating it."""
+        """Token ids of one prompt exactly as `generate` feeds it (`engine.prompts.prompt_ids`);
+        lists of token ids pass through."""
         if isinstance(prompt, torch.Tensor):
             prompt = prompt.tolist()
         if isinstance(prompt, (list, tuple)) and (not prompt or isinstance(prompt[0], int)):
             return [int(t) for t in prompt]
-        text = self.render(prompt, chat)
-        templated = not isinstance(prompt, str) or bool(chat)
-        templated = templated and chat is not False and bool(getattr(self.tokenizer, "chat_template", None))
-        # Rendered templates carry their own special tokens.
-        return list(self.tokenizer(text, add_special_tokens=not templated, verbose=False)["input_ids"])
+        if self.tokenizer is None:
+            raise ValueError("this engine has no tokenizer, so prompts must be lists of token ids")
+        return prompt_ids(self.tokenizer, prompt, chat)
 
     def _token_rows(self, prompts: Sequence[Any], chat: bool | None) -> list[list[int]]:
         rows: list[list[int]] = []

@@ -7,7 +7,7 @@ Variants: baseline (unsteered), static (one domain), dynamic (switching per step
 """
 
 from steerswitch.orchestrator.events import RunEnd, RunEvent, RunStart, StepEnd, StepStart, TokenEvent
-from steerswitch.orchestrator.graph import OrchestratorError, build_graph, context_limit, plan_domains, steer_domains
+from steerswitch.orchestrator.graph import OrchestratorError, build_graph, plan_domains, steer_domains
 from steerswitch.orchestrator.policy import AlphaPolicy, CalibrationPoint, CalibrationRecord, PolicyConfigError, PolicyFit
 from steerswitch.orchestrator.router import (
     PlanRouter,
@@ -49,7 +49,6 @@ __all__ = [
     "TokenEvent",
     "Variant",
     "build_graph",
-    "context_limit",
     "load_scenarios",
     "make_router",
     "plan_domains",

@@ -35,7 +35,7 @@ from langgraph.graph import END, START, StateGraph
 
 from steerswitch.agents import AgentSpec, BudgetShares, PriorStep, TokenCounter, render_prompt
 from steerswitch.engine import Steer
-from steerswitch.engine.loading import context_limit as _model_context_limit
+from steerswitch.engine.loading import context_limit
 from steerswitch.orchestrator.events import StepEnd, StepStart, TokenEvent
 from steerswitch.orchestrator.policy import AlphaPolicy
 from steerswitch.orchestrator.router import Router, resolve_step
@@ -44,11 +44,6 @@ from steerswitch.orchestrator.state import VARIANTS, ActiveSteer, RunState, Step
 
 class OrchestratorError(RuntimeError):
     """A run cannot proceed as configured (the message says which step/domain/setting)."""
-
-
-def context_limit(engine: Any) -> int | None:
-    """The model's context length in tokens, if it states one (`engine.loading.context_limit`)."""
-    return _model_context_limit(engine.model)
 
 
 def plan_domains(agents: dict[str, AgentSpec], plan: Sequence[dict[str, Any]], scenario: str = "?") -> list[str]:
