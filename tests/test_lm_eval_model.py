@@ -9,18 +9,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import lm_eval  # the [test] extra includes lm-eval
 import pytest
 import torch
+from lm_eval.models.hf_steered import SteeredModel
+from lm_eval.models.huggingface import HFLM
 
 from steerswitch.engine import Steer, SteeringEngine
-from steerswitch.session import Session
-
-lm_eval = pytest.importorskip("lm_eval")  # in the [test] extra; skipped only where it is not installed
-
-from lm_eval.models.hf_steered import SteeredModel  # noqa: E402
-from lm_eval.models.huggingface import HFLM  # noqa: E402
-
-from steerswitch.integrations.lm_eval import (  # noqa: E402
+from steerswitch.integrations.lm_eval import (
     LMEvalSteerError,
     SteerSwitchLM,
     export_hf_steered,
@@ -28,6 +24,7 @@ from steerswitch.integrations.lm_eval import (  # noqa: E402
     hookpoint_name,
     parse_variants,
 )
+from steerswitch.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tests" / "lm_eval_tasks"
@@ -245,10 +242,10 @@ def test_simple_evaluate_on_local_tasks(session: Session, monkeypatch: pytest.Mo
     monkeypatch.chdir(ROOT)
     out = lm_eval.simple_evaluate(
         model="steerswitch", model_args=f"pretrained=tiny-coder,domain={DOMAIN},scale=0.5",
-        tasks=["python_mc", "python_repl"], limit=3, log_samples=True, batch_size=4,
+        tasks=["python_mc", "python_init"], limit=3, log_samples=True, batch_size=4,
         task_manager=TaskManager(include_path=str(TASKS)),
     )
-    assert set(out["results"]) == {"python_mc", "python_repl"}
-    assert len(out["samples"]["python_mc"]) == 3 and len(out["samples"]["python_repl"]) == 3
+    assert set(out["results"]) == {"python_mc", "python_init"}
+    assert len(out["samples"]["python_mc"]) == 3 and len(out["samples"]["python_init"]) == 3
     assert 0.0 <= out["results"]["python_mc"]["acc,none"] <= 1.0
     assert out["config"]["steerswitch_steers"][0]["layer"] == session.require_registry().entry(DOMAIN).layer

@@ -3,8 +3,9 @@
 - python_mc (40 multiple-choice items): which standard-library module defines a function; the
   right module and three others from the same pool. Every (module, function) pair is checked by
   importing it, and no distractor module defines a function of that name.
-- python_repl (20 generate-until items): an interactive-session line `>>> EXPR` whose target is
-  `repr(eval(EXPR))`, computed here by the interpreter.
+- python_init (20 generate-until items): a class whose `__init__` stores its parameters, cut
+  after `self.` on the last one; the target is `NAME = NAME`. The parameter names are those of
+  real standard-library `__init__` signatures (read with inspect).
 
     python tools/make_lm_eval_tasks.py [--out tests/lm_eval_tasks]
 
@@ -36,12 +37,14 @@ FUNCTIONS = [
 ]
 MODULES = sorted({module for module, _ in FUNCTIONS})
 
-EXPRESSIONS = [
-    "len([1, 2, 3])", "sorted([3, 1, 2])", "'abc'.upper()", "1 + 2 * 3", "list(range(4))", "max(4, 9, 2)",
-    "'a,b,c'.split(',')", "str(10 // 3)", "abs(-7)", "'-'.join(['x', 'y'])", "2 ** 8", "min('hello')",
-    "bool([])", "'python'[::-1]", "sum([1, 2, 3, 4])", "divmod(17, 5)", "'spam'.replace('a', 'o')",
-    "int('42') + 1", "[x * x for x in range(3)]", "type(3.0).__name__",
+INIT_MODULES = [
+    "argparse", "collections", "configparser", "csv", "dataclasses", "datetime", "decimal", "difflib", "email.message",
+    "fractions", "ftplib", "gzip", "html.parser", "http.client", "json", "logging", "optparse", "pathlib", "pprint",
+    "queue", "shlex", "smtplib", "string", "tarfile", "textwrap", "threading", "traceback", "urllib.request",
+    "zipfile", "calendar", "cmd", "code", "codecs", "imaplib", "inspect", "mailbox", "poplib", "sched",
+    "socketserver", "subprocess", "tempfile", "timeit", "trace", "unittest.case", "wave", "xml.dom.minidom",
 ]
+N_INIT = 20
 
 
 def mc_items(seed: int = 0) -> list[dict[str, object]]:
@@ -63,8 +66,43 @@ def mc_items(seed: int = 0) -> list[dict[str, object]]:
     return items
 
 
-def repl_items() -> list[dict[str, str]]:
-    return [{"expr": expr, "result": repr(eval(expr))} for expr in EXPRESSIONS]  # noqa: S307 - fixed literals above
+def init_items() -> list[dict[str, str]]:
+    """One item per standard-library class (first N_INIT in module order) whose Python __init__
+    takes 2-5 plain named parameters, at most two per module."""
+    import inspect
+
+    items: list[dict[str, str]] = []
+    seen: set[tuple[str, ...]] = set()
+    for module_name in INIT_MODULES:
+        module = importlib.import_module(module_name)
+        taken = 0
+        for cls_name, cls in sorted(vars(module).items()):
+            if not inspect.isclass(cls) or cls.__module__ != module.__name__ or cls_name.startswith("_"):
+                continue
+            init = cls.__dict__.get("__init__")
+            if not inspect.isfunction(init):
+                continue
+            params = list(inspect.signature(init).parameters.values())[1:]
+            if not 2 <= len(params) <= 5 or any(p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params):
+                continue
+            names = tuple(p.name for p in params)
+            if names in seen:
+                continue
+            seen.add(names)
+            body = "".join(f"        self.{n} = {n}\n" for n in names[:-1])
+            items.append({
+                "prompt": f"class {cls_name}:\n    def __init__(self, {', '.join(names)}):\n{body}        self.",
+                "target": f"{names[-1]} = {names[-1]}",
+                "source": f"{module_name}.{cls_name}",
+            })
+            taken += 1
+            if taken == 2 or len(items) == N_INIT:  # at most two per module keeps the set varied
+                break
+        if len(items) == N_INIT:
+            break
+    if len(items) < N_INIT:
+        raise SystemExit(f"only {len(items)} classes qualify on this Python")
+    return items
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -74,10 +112,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 @app.command()
 def main(out: Path = typer.Option(OUT, help="directory for the .jsonl data (the YAML files name it)")) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    mc, repl = mc_items(), repl_items()
+    mc, init = mc_items(), init_items()
     _write_jsonl(out / "python_mc.jsonl", mc)
-    _write_jsonl(out / "python_repl.jsonl", repl)
-    print(f"wrote {len(mc)} multiple-choice and {len(repl)} generate-until items to {out}")
+    _write_jsonl(out / "python_init.jsonl", init)
+    print(f"wrote {len(mc)} multiple-choice and {len(init)} generate-until items to {out}")
 
 
 if __name__ == "__main__":

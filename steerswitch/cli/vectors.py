@@ -196,6 +196,44 @@ def vectors_export_gguf(
     typer.echo(f"wrote {path} ({len([l for l in sv.layers if l != 0 or layer0 == 'keep'])} layers)")
 
 
+@vectors_app.command("export-lm-eval")
+def vectors_export_lm_eval(
+    out: Path = typer.Option(..., "--out", help="the .pt file lm-eval's steered model reads (--model steered --model_args pretrained=...,steer_path=OUT)"),
+    domain: str = typer.Option(..., "--domain", help="a domain of the registry"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help="registry YAML (default: the one shipped next to the model)"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="the model the registry is for (hookpoint names; layer norms for relative alphas)"),
+    scale: float = typer.Option(1.0, "--scale", help="alpha x SCALE, as DOMAIN@SCALE in `eval lm`"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Write a domain's steer as lm-eval's own `steered` model file (hookpoint -> action, coefficient, vector).
+
+    add -> action add, unit vector, coefficient = absolute alpha (relative alpha x the layer's mean residual
+    norm); clamp -> clamp; ablate -> clamp to 0. rotate and prompt/generated positions do not map.
+    lm-eval loads this file with torch.load(weights_only=False): give it only files you made.
+    """
+    from steerswitch.session import Session
+    from steerswitch.vectors import RegistryError
+
+    try:
+        from steerswitch.integrations.lm_eval import LMEvalSteerError, export_hf_steered, hf_steered_config
+    except ImportError:
+        raise typer.BadParameter("lm-evaluation-harness is not installed: pip install 'steerswitch[lm-eval]'") from None
+    try:
+        session = Session.load(model, registry if registry is not None else "default", device=device)
+    except RegistryError as e:
+        raise typer.BadParameter(str(e), param_hint="--registry") from None
+    reg = session.require_registry()
+    if domain not in reg:
+        raise typer.BadParameter(f"unknown domain '{domain}'; the registry has {', '.join(reg.domains)}", param_hint="--domain")
+    try:
+        steers = [reg.steer(domain, scale)]
+        path = export_hf_steered(session.engine, steers, out)
+    except (LMEvalSteerError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from None
+    for hookpoint, entry in hf_steered_config(session.engine, steers).items():
+        typer.echo(f"wrote {path}: {hookpoint} {entry['action']} coefficient {entry['steering_coefficient']:.6g}")
+
+
 @vectors_app.command("import-gguf")
 def vectors_import_gguf(
     source: Path = typer.Argument(..., help="a .gguf control vector (or a .pt dict of layer tensors, loaded weights-only)"),

@@ -28,12 +28,14 @@ Export to lm-eval's own `steered` model (`lm_eval/models/hf_steered.py`): see `e
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -43,8 +45,8 @@ from steerswitch.session import DEFAULT_MODEL, RegistryChoice, Session
 from steerswitch.vectors.registry import RegistryError
 
 try:
-    from lm_eval.api.registry import register_model
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.api.registry import register_model  # type: ignore[import-untyped]
+    from lm_eval.models.huggingface import HFLM  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "steerswitch.integrations.lm_eval needs lm-evaluation-harness: pip install 'steerswitch[lm-eval]'"
@@ -196,7 +198,7 @@ class SteerSwitchLM(HFLM):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         if session is None:
-            if isinstance(pretrained, str) or isinstance(pretrained, Path):
+            if isinstance(pretrained, (str, Path)):
                 session = Session.load(
                     str(pretrained), registry, device=device if device not in (None, "") else None,
                     dtype=None if dtype in (None, "auto") else dtype,
@@ -236,8 +238,12 @@ class SteerSwitchLM(HFLM):  # type: ignore[misc]
         # HFLM passes the left-padded batch's attention_mask in generation_kwargs; transformers
         # derives position ids from it, and the engine reads each row's prompt end at the prefill.
         # A model's generation_config may set max_new_tokens (the shipped one does), which
-        # transformers prefers over HFLM's max_length: pin the budget HFLM means.
-        generation_kwargs.setdefault("max_new_tokens", max(1, int(max_length) - int(context.shape[1])))
+        # transformers prefers over the max_length HFLM passes: generate with a copy without it.
+        config = getattr(self.model, "generation_config", None)
+        if config is not None and getattr(config, "max_new_tokens", None) is not None and "generation_config" not in generation_kwargs:
+            config = copy.deepcopy(config)
+            config.max_new_tokens = None
+            generation_kwargs["generation_config"] = config
         with self.engine.steering(self._plan()):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
@@ -253,7 +259,7 @@ class SteerSwitchLM(HFLM):  # type: ignore[misc]
 
         A context + continuation longer than the model's max_length keeps the last max_length
         tokens (the context is cut from the left, as HFLM does)."""
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]
 
         if not requests:
             return []
@@ -392,9 +398,9 @@ def export_hf_steered(engine: SteeringEngine, steers: Sequence[Steer], path: str
 
 
 __all__ = [
+    "MODEL_NAME",
     "HFSteeredEntry",
     "LMEvalSteerError",
-    "MODEL_NAME",
     "SteerSwitchLM",
     "Variant",
     "export_hf_steered",
