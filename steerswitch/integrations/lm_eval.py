@@ -375,25 +375,17 @@ def export_hf_steered(engine: SteeringEngine, steers: Sequence[Steer], path: str
     """Write the `.pt` lm-eval's `steered` model reads (`steer_path=...`). Only tensors, floats,
     strings and None are stored, so `torch.load(path, weights_only=True)` reads it; lm-eval itself
     loads it with weights_only=False, so only give it files you made."""
-    import os
-    import tempfile
+    import io
 
-    from steerswitch.vectors.vector import apply_umask
+    from steerswitch.io import atomic_write_bytes
 
     config = hf_steered_config(engine, steers)
     path = Path(path)
     if path.suffix not in (".pt", ".pth"):
         raise LMEvalSteerError(f"--out: {path} must end in .pt or .pth (lm-eval picks the loader by suffix)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(config, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    apply_umask(path)
+    buffer = io.BytesIO()
+    torch.save(config, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -35,8 +35,8 @@ from steerswitch.integrations.lm_eval import (
     Variant,
     _describe,
 )
+from steerswitch.io import atomic_write_text
 from steerswitch.session import Session
-from steerswitch.vectors.vector import apply_umask
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
@@ -61,14 +61,6 @@ class VariantOutcome(BaseModel):
     status: str  # "done" | "reused"
     steers: list[dict[str, Any]] = Field(default_factory=list)
     results: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-    apply_umask(path)  # mkstemp creates 0600
 
 
 def _sample_row(sample: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +141,7 @@ def run_variants(
     if previous.is_file():  # keep variants a previous run recorded that this one does not repeat
         old = json.loads(previous.read_text(encoding="utf-8")).get("variants", {})
         manifest["variants"] = {**{k: v for k, v in old.items() if k not in manifest["variants"]}, **manifest["variants"]}
-    _atomic_text(previous, json.dumps(_jsonable(manifest), indent=2) + "\n")
+    atomic_write_text(previous, json.dumps(_jsonable(manifest), indent=2) + "\n")
     outcomes: list[VariantOutcome] = []
     for index, variant in enumerate(variants):
         target = out / variant.name
