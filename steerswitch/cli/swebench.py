@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import typer
 
@@ -222,30 +222,72 @@ def swebench_retrieve(
     repos: Optional[str] = typer.Option(None),
     split: Optional[str] = typer.Option(None),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write {k, recall, instances} as JSON"),
+    signals: Optional[str] = typer.Option(
+        None, help="comma-separated file signals to fuse (default: the pipeline's): chunks, file, mentions, definitions, tests"),
+    cold: bool = typer.Option(False, help="re-read and re-index the repository for every instance (timing baseline)"),
+    explain: Optional[str] = typer.Option(None, help="instance id: print its top files with each signal's contribution"),
 ) -> None:
-    """File retrieval recall@1/5/10 against the files of each gold patch."""
+    """File retrieval recall@1/5/10 against the files of each gold patch, and seconds per instance."""
     from rich.console import Console
     from rich.table import Table
 
+    from steerswitch.benchmarks.swebench.pipeline import PipelineConfig
     from steerswitch.benchmarks.swebench.runner import retrieve_instances
-    from steerswitch.rag.retriever import RetrieverConfig
+    from steerswitch.rag.retriever import FILE_SIGNALS, Retriever
 
     if mode != "bm25":
         raise typer.BadParameter("only bm25 is available from this command", param_hint="--mode")
+    cfg = PipelineConfig().retriever
+    if signals is not None:
+        names = tuple(x.strip() for x in signals.split(",") if x.strip())
+        bad = [x for x in names if x not in FILE_SIGNALS]
+        if bad or not names:
+            raise typer.BadParameter(f"unknown signal(s) {', '.join(bad) or '(none given)'}; choose from "
+                                     f"{', '.join(FILE_SIGNALS)}", param_hint="--signals")
+        cfg = cfg.model_copy(update={"file_signals": names})
+    if explain is not None:
+        ids = explain
     insts = _swebench_instances(dataset, ids, repos, limit, None, 0, split)
     cache = _swebench_repos(repos_dir, repo_url, cache_dir)
-    res = retrieve_instances(insts, cache, k=k, config=RetrieverConfig(mode="bm25"))
-    t = Table(title=f"file retrieval (n={res['n']}, skipped {len(res['skipped'])})")
-    for col in ("recall@1", "recall@5", "recall@10"):
+    if explain is not None:
+        if not insts:
+            raise typer.BadParameter(f"no instance {explain!r} in {dataset}", param_hint="--explain")
+        _print_explanation(Retriever.build(cache, insts[0].repo, insts[0].base_commit, config=cfg), insts[0], max(k, 10))
+        return
+    res = retrieve_instances(insts, cache, k=k, config=cfg, cold=cold)
+    t = Table(title=f"file retrieval (n={res['n']}, skipped {len(res['skipped'])}; signals {','.join(res['signals'])})")
+    for col in ("recall@1", "recall@5", "recall@10", "s/instance", "s first of repo", "s later"):
         t.add_column(col, justify="right")
     t.add_row(*[("-" if res["recall"][kk] is None else f"{100 * res['recall'][kk]:.1f}%"
                  + (f" ± {100 * res['recall_se'][kk]:.1f}" if res["recall_se"][kk] is not None else ""))
-                for kk in ("1", "5", "10")])
+                for kk in ("1", "5", "10")],
+              *["-" if res[key] is None else f"{res[key]:.2f}" for key in ("seconds_mean", "seconds_first_of_repo", "seconds_later")])
     Console().print(t)
     for row in res["instances"]:
         if "error" in row:
             Console(stderr=True).print(f"{row['instance_id']}: {row['error']}")
     write_json(json_out, res)
+
+
+def _print_explanation(retriever: Any, inst: Any, k: int) -> None:
+    """Top files of one instance with each signal's rank and share of the fused score."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from steerswitch.benchmarks.swebench.patch import patch_files
+
+    gold = set(patch_files(inst.patch))
+    t = Table(title=f"{inst.instance_id}: why each file ranked (gold marked *; share = weight / (rrf_k + rank))")
+    for col in ("#", "file", "score", "signals (rank, share)"):
+        t.add_column(col)
+    for e in retriever.explain(inst.problem_statement, k=k):
+        parts = [f"{c.signal} #{c.rank} {c.share:.4f}" + (f" [{c.detail}]" if c.detail else "") for c in e.contributions]
+        t.add_row(str(e.rank), ("* " if e.path in gold else "") + e.path, f"{e.score:.4f}", "; ".join(parts))
+    Console().print(t)
+    ranked = retriever.rank_files(inst.problem_statement, k=len(retriever.paths))
+    for g in sorted(gold):
+        pos = ranked.index(g) + 1 if g in ranked else None
+        Console().print(f"gold {g}: " + (f"rank {pos}" if pos else "not indexed or no evidence from any signal"))
 
 
 @swebench_app.command("check-gold")

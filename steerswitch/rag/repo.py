@@ -19,10 +19,11 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 
 import git
 
@@ -194,6 +195,10 @@ class RepoCache:
         return self._missing[key]
 
     # ------------------------------------------------------------------ reading
+    def blob_shas(self, repo: str, commit: str) -> Mapping[str, str]:
+        """path -> blob sha of every regular file at ``commit`` (read-only; content-addressed cache keys)."""
+        return MappingProxyType(self._tree(repo, commit))
+
     def list_files(self, repo: str, commit: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
         """Sorted paths of the files at ``commit`` (``ls-tree``), optionally only those ending in ``suffixes``."""
         paths = sorted(self._tree(repo, commit))

@@ -8,30 +8,48 @@ Invariants:
   a query naming a module (``pvgis``, ``L031``) favours that file.
 - ``search`` ranks chunks; ``hybrid`` fuses the BM25 and dense rankings with reciprocal rank fusion
   (score = sum 1 / (rrf_k + rank)), and falls back to BM25 when no encoder is given.
-- ``rank_files`` ranks files by fusing (RRF) the file's best chunk rank in each chunk ranking with
-  a whole-file BM25 ranking: the chunk view is not drowned by file length, the file view sees
-  evidence spread over several chunks.
+- ``rank_files`` ranks files by fusing (RRF, each ranking weighted by ``signal_weights``) the
+  rankings named in ``config.file_signals``: ``chunks`` (each file's best chunk rank in each chunk
+  ranking: not drowned by file length), ``file`` (whole-file BM25: evidence spread over several
+  chunks), and the issue-text signals of ``rag.signals`` -- ``mentions`` (paths, modules, traceback
+  frames), ``definitions`` (names the file defines, weighted by rarity) and ``tests`` (sources
+  imported by the test files the text names). ``explain`` shows each signal's rank and share.
+- ``build`` reads and analyses files through a ``CorpusCache`` keyed by blob sha (by default one
+  shared by the process), so a later commit of the same repository only analyses changed files.
 - Results are deterministic: ties break by corpus order (sorted paths, then line order).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from steerswitch.rag.bm25 import BM25Index
-from steerswitch.rag.chunk import Chunk, chunk_file
+from steerswitch.rag.chunk import Chunk
+from steerswitch.rag.corpus import CorpusCache, FileRecord, analyse_file, python_imports
 from steerswitch.rag.dense import DenseIndex, EmbeddingCache, Encoder
 from steerswitch.rag.repo import RepoCache
+from steerswitch.rag.signals import (
+    DefinitionIndex,
+    PathIndex,
+    issue_identifiers,
+    mentioned_files,
+    named_test_sources,
+)
+from steerswitch.rag.signals import ranking as signal_ranking
 from steerswitch.rag.tokens import code_tokens, path_tokens
 
-__all__ = ["RetrieverConfig", "Retriever", "ScoredChunk", "is_test_path", "rrf"]
+__all__ = ["RetrieverConfig", "Retriever", "ScoredChunk", "FileExplanation", "SignalContribution", "is_test_path",
+           "rrf", "shared_corpus", "FILE_SIGNALS"]
 
 Mode = Literal["bm25", "dense", "hybrid"]
+FileSignal = Literal["chunks", "file", "mentions", "definitions", "tests"]
+FILE_SIGNALS: tuple[str, ...] = ("chunks", "file", "mentions", "definitions", "tests")
 
 _TEST_DIRS = {"test", "tests", "testing"}
 
@@ -68,9 +86,38 @@ class RetrieverConfig(BaseModel):
     mode: Mode = "hybrid"
     rrf_k: int = Field(60, gt=0)
     # file rankings fused by rank_files: "chunks" = each file's best chunk (BM25, and dense when
-    # available), "file" = whole-file BM25
-    file_signals: tuple[Literal["chunks", "file"], ...] = ("chunks", "file")
+    # available), "file" = whole-file BM25, "mentions" / "definitions" / "tests" = rag.signals
+    file_signals: tuple[FileSignal, ...] = ("chunks", "file")
+    # RRF weight per file signal (absent = 1.0); "chunks" weights each chunk ranking
+    signal_weights: dict[FileSignal, float] = Field(default_factory=dict)
     candidates: int = Field(1000, gt=0)  # depth of each ranking fed to fusion
+
+
+@dataclass(frozen=True)
+class SignalContribution:
+    signal: str  # "chunks:bm25", "chunks:dense", "file", "mentions", "definitions", "tests"
+    rank: int  # 1-based rank of the file in this signal's ranking
+    share: float  # weight / (rrf_k + rank): what this signal adds to the fused score
+    detail: str = ""  # e.g. the matched definitions
+
+
+@dataclass(frozen=True)
+class FileExplanation:
+    path: str
+    rank: int
+    score: float
+    contributions: list[SignalContribution] = field(default_factory=list)
+
+
+_SHARED: dict[tuple[int, int], CorpusCache] = {}
+
+
+def shared_corpus(config: RetrieverConfig) -> CorpusCache:
+    """The process-wide corpus cache for ``config``'s chunk limits (what ``Retriever.build`` uses by default)."""
+    key = (config.max_lines, config.max_chars)
+    if key not in _SHARED:
+        _SHARED[key] = CorpusCache(max_lines=config.max_lines, max_chars=config.max_chars)
+    return _SHARED[key]
 
 
 @dataclass(frozen=True)
@@ -86,34 +133,45 @@ class Retriever:
     """Index one repository snapshot; ``search`` for chunks and ``rank_files`` for files.
 
     Build from git with ``Retriever.build(repos, repo, commit, ...)`` or from texts with
-    ``Retriever.from_files({path: text}, ...)``.
+    ``Retriever.from_files({path: text}, ...)``. ``context_files`` / ``all_paths`` + ``imports_of``
+    describe files that are not indexed (tests) but that the text signals may resolve: a test file
+    the issue names is mapped to the indexed files it imports.
     """
 
-    def __init__(self, files: dict[str, str], config: RetrieverConfig | None = None, encoder: Encoder | None = None,
-                 cache: EmbeddingCache | None = None, progress: bool = False) -> None:
+    def __init__(self, files: dict[str, str] | None = None, config: RetrieverConfig | None = None,
+                 encoder: Encoder | None = None, cache: EmbeddingCache | None = None, progress: bool = False, *,
+                 records: Sequence[FileRecord] | None = None, context_files: dict[str, str] | None = None,
+                 all_paths: Sequence[str] | None = None, imports_of: Callable[[str], Sequence[str]] | None = None) -> None:
         self.config = config or RetrieverConfig()
         self.encoder = encoder
         self.cache = cache
         self.repo: str | None = None  # set by build()
         self.commit: str | None = None
-        self.files = {p: files[p] for p in sorted(files)}
         cfg = self.config
-        self.chunks: list[Chunk] = []
-        for p, text in self.files.items():
-            self.chunks.extend(chunk_file(p, text, max_lines=cfg.max_lines, max_chars=cfg.max_chars))
+        if records is None:
+            files = files or {}
+            records = [analyse_file(p, files[p], cfg.max_lines, cfg.max_chars) for p in sorted(files)]
+        elif files is not None:
+            raise ValueError("give files or records, not both")
+        recs = sorted(records, key=lambda r: r.path)
+        self.files = {r.path: r.text for r in recs}
+        self.chunks: list[Chunk] = [c for r in recs for c in r.chunks]
         self.paths = list(self.files)
         self._path_idx = {p: i for i, p in enumerate(self.paths)}
         self._chunk_file = np.array([self._path_idx[c.path] for c in self.chunks], dtype=np.int64)
         ptoks = {p: path_tokens(p) * cfg.path_weight for p in self.paths}
-        chunk_toks = [code_tokens(c.symbol) + code_tokens(c.text) for c in self.chunks]
-        self.bm25 = BM25Index([ptoks[c.path] + t for c, t in zip(self.chunks, chunk_toks)], k1=cfg.k1, b=cfg.b)
+        self.bm25 = BM25Index([ptoks[r.path] + list(t) for r in recs for t in r.chunk_tokens], k1=cfg.k1, b=cfg.b)
         self.file_bm25: BM25Index | None = None
         if "file" in cfg.file_signals:
             # chunks cover every non-blank line, so their tokens are the file's tokens
-            per_file: dict[str, list[str]] = {p: list(ptoks[p]) for p in self.paths}
-            for c, t in zip(self.chunks, chunk_toks):
-                per_file[c.path].extend(t)
-            self.file_bm25 = BM25Index([per_file[p] for p in self.paths], k1=cfg.k1, b=cfg.b)
+            self.file_bm25 = BM25Index([ptoks[r.path] + [x for t in r.chunk_tokens for x in t] for r in recs],
+                                       k1=cfg.k1, b=cfg.b)
+        # text signals: every known path (indexed or not) and how to read a non-indexed file's imports
+        ctx = dict(context_files or {})
+        self._imports_of: Callable[[str], Sequence[str]] = imports_of or (
+            lambda p: python_imports(p, ctx[p]) if p in ctx else ())
+        self.path_index = PathIndex([*self.paths, *ctx, *(all_paths or ())])
+        self.definitions = DefinitionIndex({r.path: r.definitions for r in recs})
         self.dense: DenseIndex | None = None
         self.n_embedded = 0  # chunks this build sent to the encoder (cache misses)
         if encoder is not None and cfg.mode != "bm25":
@@ -130,8 +188,9 @@ class Retriever:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_files(cls, files: dict[str, str], config: RetrieverConfig | None = None, encoder: Encoder | None = None,
-                   cache: EmbeddingCache | None = None, progress: bool = False) -> Retriever:
-        return cls(files, config=config, encoder=encoder, cache=cache, progress=progress)
+                   cache: EmbeddingCache | None = None, progress: bool = False,
+                   context_files: dict[str, str] | None = None) -> Retriever:
+        return cls(files, config=config, encoder=encoder, cache=cache, progress=progress, context_files=context_files)
 
     @classmethod
     def corpus_paths(cls, repos: RepoCache, repo: str, commit: str, config: RetrieverConfig | None = None) -> list[str]:
@@ -142,12 +201,22 @@ class Retriever:
 
     @classmethod
     def build(cls, repos: RepoCache, repo: str, commit: str, config: RetrieverConfig | None = None,
-              encoder: Encoder | None = None, cache: EmbeddingCache | None = None, progress: bool = False) -> Retriever:
-        """Index ``repo`` at ``commit`` read through ``repos`` (never touching a working tree)."""
+              encoder: Encoder | None = None, cache: EmbeddingCache | None = None, progress: bool = False,
+              corpus: CorpusCache | None = None) -> Retriever:
+        """Index ``repo`` at ``commit`` read through ``repos`` (never touching a working tree).
+
+        Files are analysed through ``corpus`` (default: ``shared_corpus(config)``), so only blobs it
+        has not seen are read and chunked."""
         cfg = config or RetrieverConfig()
-        texts = repos.read_files(repo, commit, cls.corpus_paths(repos, repo, commit, cfg))
-        files = {p: t for p, t in texts.items() if len(t.encode("utf-8", "replace")) <= cfg.max_file_bytes}
-        r = cls(files, config=cfg, encoder=encoder, cache=cache, progress=progress)
+        corpus = corpus if corpus is not None else shared_corpus(cfg)
+        if (corpus.max_lines, corpus.max_chars) != (cfg.max_lines, cfg.max_chars):
+            raise ValueError(f"corpus cache chunks with max_lines={corpus.max_lines}, max_chars={corpus.max_chars}; "
+                             f"the config asks for {cfg.max_lines}, {cfg.max_chars}")
+        records = [r for r in corpus.records(repos, repo, commit, cls.corpus_paths(repos, repo, commit, cfg))
+                   if len(r.text.encode("utf-8", "replace")) <= cfg.max_file_bytes]
+        all_paths = repos.list_files(repo, commit, cfg.suffixes)
+        r = cls(config=cfg, encoder=encoder, cache=cache, progress=progress, records=records, all_paths=all_paths,
+                imports_of=lambda p: corpus.imports(repos, repo, commit, p))
         r.repo, r.commit = repo, commit
         return r
 
@@ -201,24 +270,61 @@ class Retriever:
                             None if dn is None else float(dn[i]))
                 for r, (i, s) in enumerate(zip(order, score), start=1)]
 
+    def signal_scores(self, query: str, signal: str) -> dict[str, float]:
+        """path -> score of one issue-text signal (``mentions``, ``definitions`` or ``tests``) over indexed files."""
+        if signal == "mentions":
+            got = mentioned_files(query, self.path_index)
+        elif signal == "definitions":
+            got = self.definitions.scores(issue_identifiers(query))
+        elif signal == "tests":
+            got = named_test_sources(query, self.path_index, is_test_path, self._imports_of, self.paths)
+        else:
+            raise ValueError(f"unknown text signal {signal!r} (expected mentions, definitions or tests)")
+        return {p: v for p, v in got.items() if p in self._path_idx}
+
+    def _file_rankings(self, query: str, mode: Mode) -> list[tuple[str, list[int], float]]:
+        """(signal name, file indices best first, RRF weight) for every signal in ``config.file_signals``."""
+        cfg = self.config
+        w = cfg.signal_weights
+        out: list[tuple[str, list[int], float]] = []
+        if "chunks" in cfg.file_signals:
+            chunk_rankings, _, _ = self._chunk_rankings(query, mode)
+            names = {"bm25": ["bm25"], "dense": ["dense"], "hybrid": ["bm25", "dense"]}[mode]
+            for name, ranking_ in zip(names, chunk_rankings):
+                seen: dict[int, None] = {}  # a file's position = its best chunk's position
+                for ci in ranking_:
+                    seen.setdefault(int(self._chunk_file[ci]), None)
+                out.append((f"chunks:{name}", list(seen), w.get("chunks", 1.0)))
+        if mode != "dense" and self.file_bm25 is not None:
+            out.append(("file", self._order(self.file_bm25.scores(code_tokens(query)), cfg.candidates), w.get("file", 1.0)))
+        for sig in ("mentions", "definitions", "tests"):
+            if sig in cfg.file_signals:
+                order = signal_ranking(self.signal_scores(query, sig), self.paths)[: cfg.candidates]
+                out.append((sig, [self._path_idx[p] for p in order], w.get(sig, 1.0)))  # type: ignore[call-overload]
+        return out
+
     def file_scores(self, query: str, k: int = 10, mode: Mode | None = None) -> list[tuple[str, float]]:
         """The ``k`` best files as (path, fused score), best first."""
-        m = self._mode(mode)
-        chunk_rankings, _, _ = self._chunk_rankings(query, m)
-        file_rankings: list[list[int]] = []
-        if "chunks" in self.config.file_signals:
-            for ranking in chunk_rankings:
-                seen: dict[int, None] = {}  # a file's position = its best chunk's position
-                for ci in ranking:
-                    seen.setdefault(int(self._chunk_file[ci]), None)
-                file_rankings.append(list(seen))
-        if m != "dense":
-            depth = self.config.candidates
-            if self.file_bm25 is not None:
-                file_rankings.append(self._order(self.file_bm25.scores(code_tokens(query)), depth))
-        fused = rrf(file_rankings, k=self.config.rrf_k)
+        rankings = self._file_rankings(query, self._mode(mode))
+        fused = rrf([r for _, r, _ in rankings], k=self.config.rrf_k, weights=[wt for _, _, wt in rankings])
         order = sorted(fused, key=lambda i: (-fused[i], i))[:k]
         return [(self.paths[i], fused[i]) for i in order]
+
+    def explain(self, query: str, k: int = 10, mode: Mode | None = None) -> list[FileExplanation]:
+        """The ``k`` best files with each signal's rank and share of the fused score (why a file ranked there)."""
+        rankings = self._file_rankings(query, self._mode(mode))
+        ident = issue_identifiers(query) if "definitions" in self.config.file_signals else set()
+        out: list[FileExplanation] = []
+        for rank, (path, score) in enumerate(self.file_scores(query, k=k, mode=mode), start=1):
+            i = self._path_idx[path]
+            contribs: list[SignalContribution] = []
+            for name, order, wt in rankings:
+                if i in order:
+                    r = order.index(i) + 1
+                    detail = ", ".join(self.definitions.matches(ident, path)[:5]) if name == "definitions" else ""
+                    contribs.append(SignalContribution(name, r, wt / (self.config.rrf_k + r), detail))
+            out.append(FileExplanation(path, rank, score, contribs))
+        return out
 
     def rank_files(self, query: str, k: int = 10, mode: Mode | None = None) -> list[str]:
         """The ``k`` most relevant file paths for ``query``, best first."""

@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from steerswitch.benchmarks.swebench.variants import parse_variant, parse_varian
 from steerswitch.benchmarks.metrics import summarize
 from steerswitch.benchmarks.report import progress_bar
 from steerswitch.rag.repo import RepoCache
+from steerswitch.rag.corpus import CorpusCache
 from steerswitch.rag.retriever import Retriever, RetrieverConfig
 
 __all__ = ["default_cache_dir", "open_repos", "registry_steer_fn", "GeneratorSettings", "check_variants", "make_generator",
@@ -201,32 +203,52 @@ def _progress(enabled: bool) -> Any:
 
 
 def retrieve_instances(instances: Sequence[Instance], repos: RepoCache, k: int = 5,
-                       config: RetrieverConfig | None = None, progress: bool = True) -> dict[str, Any]:
-    """Rank files per instance; ``{"k", "recall": {"1","5","10"}, "instances": [...]}`` (+ n, standard errors)."""
+                       config: RetrieverConfig | None = None, progress: bool = True, cold: bool = False) -> dict[str, Any]:
+    """Rank files per instance; ``{"k", "recall": {"1","5","10"}, "instances": [...]}`` (+ n, standard errors).
+
+    Files are analysed once per blob through one ``CorpusCache`` for the whole run (``cold``: a fresh
+    one per instance, i.e. every instance re-reads and re-indexes its repository, for comparison).
+    Each row has ``retrieval_seconds`` (build + rank) and ``first_of_repo``."""
     if k < 1:
         raise ValueError(f"--k must be >= 1, got {k}")
     cfg = config or PipelineConfig().retriever
     depth = max(k, 10)
+    corpus = CorpusCache(max_lines=cfg.max_lines, max_chars=cfg.max_chars)
+    seen_repos: set[str] = set()
     rows: list[dict[str, Any]] = []
     recalls: dict[int, list[float]] = {1: [], 5: [], 10: []}
     with _progress(progress) as bar:
         task = bar.add_task("retrieve", total=len(instances))
         for inst in instances:
             gold = patch_files(inst.patch)
-            row: dict[str, Any] = {"instance_id": inst.instance_id, "gold_files": gold, "retrieved": []}
+            row: dict[str, Any] = {"instance_id": inst.instance_id, "gold_files": gold, "retrieved": [],
+                                   "first_of_repo": inst.repo not in seen_repos}
+            seen_repos.add(inst.repo)
+            t0 = time.perf_counter()
             try:
-                retriever = Retriever.build(repos, inst.repo, inst.base_commit, config=cfg)
+                if cold:
+                    corpus = CorpusCache(max_lines=cfg.max_lines, max_chars=cfg.max_chars)
+                retriever = Retriever.build(repos, inst.repo, inst.base_commit, config=cfg, corpus=corpus)
                 row["retrieved"] = retriever.rank_files(inst.problem_statement, k=depth)
             except Exception as e:  # noqa: BLE001 - a missing repo or commit is reported per instance
                 row["error"] = f"{type(e).__name__}: {e}"
+            row["retrieval_seconds"] = time.perf_counter() - t0
             if "error" not in row and gold:
                 for kk in recalls:
                     recalls[kk].append(len(set(gold) & set(row["retrieved"][:kk])) / len(gold))
             rows.append(row)
             bar.update(task, advance=1)
     stats = {str(kk): summarize(v) for kk, v in recalls.items()}
+    ok = [r for r in rows if "error" not in r]
+    secs = summarize([r["retrieval_seconds"] for r in ok])
+    first = summarize([r["retrieval_seconds"] for r in ok if r["first_of_repo"]])
+    later = summarize([r["retrieval_seconds"] for r in ok if not r["first_of_repo"]])
     return {
         "k": k,
+        "signals": list(cfg.file_signals),
+        "seconds_mean": secs.mean,
+        "seconds_first_of_repo": first.mean,
+        "seconds_later": later.mean,
         "recall": {kk: m.mean for kk, m in stats.items()},
         "recall_se": {kk: m.se for kk, m in stats.items()},
         "n": len(recalls[1]),

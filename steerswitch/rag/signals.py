@@ -1,0 +1,192 @@
+"""File-ranking signals read from an issue's text that do not depend on any one repository.
+
+Each signal maps (issue text, what the repository holds) to ``{path: score}`` over the files it
+finds evidence for (scores > 0; files without evidence are absent). None has a per-repository
+constant or a weight fitted to data; scores are counts and rarities, so the signals carry over to
+repositories they were never run on. ``Retriever`` fuses them with its BM25/dense rankings.
+
+- ``mentioned_files``: file paths (``pkg/mod.py``, ``C:\\x\\pkg\\mod.py``, pytest node ids),
+  traceback frames (``File "/site-packages/pkg/mod.py", line 3, in f``) and dotted module paths
+  (``pkg.sub.mod``, ``pkg.sub.mod.Class.method``) mapped to repository files by their longest
+  matching path suffix. A mention matching several files gives each ``1 / n``.
+- ``DefinitionIndex``: class, function and method names -> defining files; queried with the
+  identifiers of the issue (``CamelCase``, ``snake_case``, ``obj.method(`` calls, names in
+  backticks, code blocks and traceback frames), each matched name weighted by its rarity
+  ``log(1 + N / df)`` (N indexed files, df files defining it).
+- ``named_test_sources``: test files the issue names (by path, node id, dotted module or traceback) mapped
+  to the source files they import; a test file importing n repository files gives each ``1 / n``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from steerswitch.rag.corpus import module_name
+
+__all__ = ["PathIndex", "mentioned_files", "mentioned_paths", "issue_identifiers", "DefinitionIndex", "named_test_sources",
+           "ranking"]
+
+_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[\w.\-]+[/\\])*[\w\-]+\.pyi?(?![\w])")
+_DOTTED_RE = re.compile(r"(?<![\w./\\])[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+_FRAME_FUNC_RE = re.compile(r"File \"[^\"]+\", line \d+, in (\w+)")
+
+
+def ranking(scores: Mapping[str, float], order: Sequence[str]) -> list[str]:
+    """Paths with a positive score, best first; ties keep ``order`` (the corpus order)."""
+    pos = {p: i for i, p in enumerate(order)}
+    return sorted((p for p, s in scores.items() if s > 0 and p in pos), key=lambda p: (-scores[p], pos[p]))
+
+
+class PathIndex:
+    """Repository paths looked up by path suffix (``a/b.py`` matches ``src/a/b.py``) and by dotted module suffix."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.paths = sorted(set(paths))
+        self._by_suffix: dict[str, list[str]] = {}
+        self._by_module: dict[str, list[str]] = {}
+        for p in self.paths:
+            parts = p.split("/")
+            for i in range(len(parts)):
+                self._by_suffix.setdefault("/".join(parts[i:]), []).append(p)
+            if p.endswith((".py", ".pyi")):
+                mparts = module_name(p).split(".")
+                for i in range(len(mparts)):
+                    self._by_module.setdefault(".".join(mparts[i:]), []).append(p)
+
+    def match_path(self, mention: str) -> list[str]:
+        """Files whose path ends with the longest matching tail of ``mention`` (``/`` or ``\\`` separated)."""
+        parts = [x for x in mention.replace("\\", "/").split("/") if x not in ("", ".")]
+        for i in range(len(parts)):
+            hit = self._by_suffix.get("/".join(parts[i:]))
+            if hit:
+                return hit
+        return []
+
+    def match_module(self, dotted: str, min_parts: int = 2) -> list[str]:
+        """Files of the longest prefix of ``dotted`` (at least ``min_parts`` names) that is a module suffix.
+
+        ``pkg.mod.Class.method`` -> the file of ``pkg.mod``; one-name prefixes are too ambiguous to count."""
+        names = dotted.split(".")
+        for n in range(len(names), min_parts - 1, -1):
+            hit = self._by_module.get(".".join(names[:n]))
+            if hit:
+                return hit
+        return []
+
+
+def mentioned_paths(text: str, index: PathIndex) -> list[tuple[list[str], int]]:
+    """Every mention in ``text`` that matches repository files: (matching files, offset), in text order."""
+    out: list[tuple[list[str], int]] = []
+    taken: list[tuple[int, int]] = []
+    for m in _PATH_RE.finditer(text):
+        hit = index.match_path(m.group(0))
+        if hit:
+            out.append((hit, m.start()))
+        taken.append(m.span())
+    for m in _DOTTED_RE.finditer(text):
+        if any(a <= m.start() < b for a, b in taken):  # ``pkg/mod.py`` is not also the module ``mod.py``
+            continue
+        hit = index.match_module(m.group(0))
+        if hit:
+            out.append((hit, m.start()))
+    out.sort(key=lambda x: x[1])
+    return out
+
+
+def mentioned_files(text: str, index: PathIndex) -> dict[str, float]:
+    """path -> sum over the mentions matching it of 1 / (files that mention matches)."""
+    scores: dict[str, float] = {}
+    for hit, _ in mentioned_paths(text, index):
+        for p in hit:
+            scores[p] = scores.get(p, 0.0) + 1.0 / len(hit)
+    return scores
+
+
+_CODE_BLOCK_RE = re.compile(r"```.*?(?:```|$)", re.DOTALL)
+_BACKTICK_RE = re.compile(r"`([^`\n]+)`")
+_IDENT_RE = re.compile(r"[A-Za-z_]\w*")
+_CAMEL_RE = re.compile(r"\b_*[A-Za-z][a-z0-9]*[A-Z]\w*")  # an upper-case letter after the first: CamelCase, camelCase
+_SNAKE_RE = re.compile(r"\b_*[A-Za-z0-9]+_\w+")
+_CALL_RE = re.compile(r"(?:\.|\b)([A-Za-z_]\w*)\s*\(")
+_ATTR_RE = re.compile(r"\w\.([A-Za-z_]\w*)")
+_QUALIFIED_RE = re.compile(r"\b([A-Z]\w*)\.([A-Za-z_]\w*)")
+
+
+def issue_identifiers(text: str) -> set[str]:
+    """Names the issue uses as code: everything in code blocks and backticks, traceback function
+    names, and in prose ``CamelCase``/``snake_case`` words, called names and attributes, and
+    ``Class.member`` pairs (kept qualified too)."""
+    out: set[str] = set()
+    code = [m.group(0) for m in _CODE_BLOCK_RE.finditer(text)]
+    prose = _CODE_BLOCK_RE.sub(" ", text)
+    code += _BACKTICK_RE.findall(prose)
+    for c in code:
+        out.update(_IDENT_RE.findall(c))
+    out.update(_FRAME_FUNC_RE.findall(text))
+    for rx in (_CAMEL_RE, _SNAKE_RE):
+        out.update(m.group(0) for m in rx.finditer(prose))
+    for rx in (_CALL_RE, _ATTR_RE):
+        out.update(rx.findall(prose))
+    for a, b in _QUALIFIED_RE.findall(text):
+        out.add(f"{a}.{b}")
+    return {x for x in out if len(x) >= 2}
+
+
+class DefinitionIndex:
+    """Defined name -> files defining it, with rarity weights."""
+
+    def __init__(self, definitions: Mapping[str, Iterable[str]]) -> None:
+        self.n_files = len(definitions)
+        self.files_of: dict[str, list[str]] = {}
+        for path in sorted(definitions):
+            for name in set(definitions[path]):
+                self.files_of.setdefault(name, []).append(path)
+
+    def weight(self, name: str) -> float:
+        """Rarity of a defined name: log(1 + N / df); 0 for names nothing defines."""
+        df = len(self.files_of.get(name, ()))
+        return math.log1p(self.n_files / df) if df else 0.0
+
+    def scores(self, names: Iterable[str]) -> dict[str, float]:
+        """path -> sum of the rarity of each queried name the file defines."""
+        out: dict[str, float] = {}
+        for name in set(names):
+            w = self.weight(name)
+            for p in self.files_of.get(name, ()):
+                out[p] = out.get(p, 0.0) + w
+        return out
+
+    def matches(self, names: Iterable[str], path: str) -> list[str]:
+        """The queried names ``path`` defines, rarest first (for explanations)."""
+        hits = [n for n in set(names) if path in self.files_of.get(n, ())]
+        return sorted(hits, key=lambda n: (-self.weight(n), n))
+
+
+def named_test_sources(text: str, index: PathIndex, is_test: Callable[[str], bool], imports_of: Callable[[str], Sequence[str]],
+                 sources: Iterable[str]) -> dict[str, float]:
+    """Source file -> evidence from the test files the issue names, through their imports.
+
+    ``index`` covers every file (tests included); ``sources`` are the files that may be returned."""
+    allowed = set(sources)
+    tests: dict[str, None] = {}
+    for hit, _ in mentioned_paths(text, index):
+        for p in hit:
+            if is_test(p):
+                tests.setdefault(p, None)
+    out: dict[str, float] = {}
+    for t in tests:
+        # a module is imported by its full name; ``from pkg import name`` lists ``pkg`` and ``pkg.name``,
+        # and when ``pkg.name`` is itself a module the package ``pkg`` is only the way to it
+        resolved = {mod: [p for p in index.match_module(mod, min_parts=len(mod.split("."))) if p in allowed and p != t]
+                    for mod in imports_of(t)}
+        found: dict[str, None] = {}
+        for mod, files in resolved.items():
+            if any(o.startswith(mod + ".") and resolved[o] for o in resolved):
+                continue
+            for p in files:
+                found.setdefault(p, None)
+        for p in found:
+            out[p] = out.get(p, 0.0) + 1.0 / len(found)
+    return out
