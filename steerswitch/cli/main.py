@@ -3,7 +3,8 @@ else is an internal error, one line and exit code 1, with its traceback behind `
 
 A user error is a command-line usage error (typer/click), a missing or unreadable file, or one of
 the project's own input errors (every error class defined in steerswitch that derives from
-ValueError, LookupError or OSError: bad registries, vectors, SAEs, prompts, models, patches).
+ValueError, LookupError or OSError: bad registries, vectors, SAEs, prompts, models, patches), or
+an optional part used without its extra (one line naming the extra to install).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from typing import Sequence
 
 from steerswitch.cli._app import app
+from steerswitch.extras import missing_extra
 
 DEBUG_FLAG = "--debug"
 USAGE_EXIT, INTERNAL_EXIT, INTERRUPTED_EXIT = 2, 1, 130
@@ -62,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = f" (see '{ctx.command_path} --help')" if ctx is not None and getattr(exc, "exit_code", 1) == USAGE_EXIT else ""
             print(f"Error: {exc.format_message()}{where}", file=sys.stderr)  # type: ignore[attr-defined]
             return int(getattr(exc, "exit_code", USAGE_EXIT))
+        extra = missing_extra(exc)
+        if extra is not None:
+            print(f"Error: {extra}", file=sys.stderr)
+            return USAGE_EXIT
         message = " ".join(str(exc).split()) or type(exc).__name__
         if is_user_error(exc):
             print(f"Error: {message}", file=sys.stderr)

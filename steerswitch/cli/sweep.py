@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from steerswitch.tables import fit
+from steerswitch.extras import missing_extra
 
 from steerswitch.cli._app import app
 from steerswitch.cli.common import (
@@ -109,9 +110,15 @@ def sweep_command(
     if result.resumed:
         console.print(f"resumed {result.resumed} of {len(result.item_seconds)} items from {out / sw.ITEMS_FILE}")
     write_bench_json(out / "sweep.json", data)
-    pngs = sw.heatmaps(result, out)
     if json_out is not None:
         write_bench_json(json_out, data)
+    try:
+        pngs = sw.heatmaps(result, out)
+    except ModuleNotFoundError as exc:  # the results are written; only the pictures need matplotlib
+        if missing_extra(exc) is None:
+            raise
+        pngs = []
+        console.print(f"heatmaps skipped: {missing_extra(exc)}", style="yellow")
     console.print(f"wrote {out / 'sweep.json'} and {len(pngs)} heatmap(s) in {out}")
     if write_registry:
         target = registry_out or reg_path
