@@ -226,6 +226,8 @@ def swebench_retrieve(
         None, help="comma-separated file signals to fuse (default: the pipeline's): chunks, file, mentions, definitions, tests"),
     cold: bool = typer.Option(False, help="re-read and re-index the repository for every instance (timing baseline)"),
     explain: Optional[str] = typer.Option(None, help="instance id: print its top files with each signal's contribution"),
+    ablate: bool = typer.Option(False, help="also report recall with each signal removed in turn"),
+    keep_rankings: int = typer.Option(0, min=0, help="store each signal's top N files per instance in --json"),
 ) -> None:
     """File retrieval recall@1/5/10 against the files of each gold patch, and seconds per instance."""
     from rich.console import Console
@@ -254,7 +256,7 @@ def swebench_retrieve(
             raise typer.BadParameter(f"no instance {explain!r} in {dataset}", param_hint="--explain")
         _print_explanation(Retriever.build(cache, insts[0].repo, insts[0].base_commit, config=cfg), insts[0], max(k, 10))
         return
-    res = retrieve_instances(insts, cache, k=k, config=cfg, cold=cold)
+    res = retrieve_instances(insts, cache, k=k, config=cfg, cold=cold, ablate=ablate, keep_rankings=keep_rankings)
     t = Table(title=f"file retrieval (n={res['n']}, skipped {len(res['skipped'])}; signals {','.join(res['signals'])})")
     for col in ("recall@1", "recall@5", "recall@10", "s/instance", "s first of repo", "s later"):
         t.add_column(col, justify="right")
@@ -263,6 +265,16 @@ def swebench_retrieve(
                 for kk in ("1", "5", "10")],
               *["-" if res[key] is None else f"{res[key]:.2f}" for key in ("seconds_mean", "seconds_first_of_repo", "seconds_later")])
     Console().print(t)
+    groups = [("per repository", res["per_repo"])] + ([("ablation: signal removed", res["ablation"])] if ablate else [])
+    for title, table in groups:
+        t = Table(title=title)
+        for col in ("", "n", "recall@1", "recall@5", "recall@10"):
+            t.add_column(col, justify="right")
+        for name, st in table.items():
+            t.add_row(name, str(st["n"]), *[("-" if st["recall"][kk] is None else f"{100 * st['recall'][kk]:.1f}%"
+                                             + (f" ± {100 * st['recall_se'][kk]:.1f}" if st["recall_se"][kk] is not None else ""))
+                                            for kk in ("1", "5", "10")])
+        Console().print(t)
     for row in res["instances"]:
         if "error" in row:
             Console(stderr=True).print(f"{row['instance_id']}: {row['error']}")
@@ -288,6 +300,43 @@ def _print_explanation(retriever: Any, inst: Any, k: int) -> None:
     for g in sorted(gold):
         pos = ranked.index(g) + 1 if g in ranked else None
         Console().print(f"gold {g}: " + (f"rank {pos}" if pos else "not indexed or no evidence from any signal"))
+
+
+@swebench_app.command("mine-history")
+def swebench_mine_history(
+    out: Path = typer.Option(..., "--out", help="JSONL of SWE-bench-schema instances to write"),
+    repo: str = typer.Option(..., "--repo", help="comma-separated owner/name repositories to mine"),
+    repos_dir: Optional[Path] = _SWE_REPOS_DIR,
+    repo_url: Optional[str] = _SWE_REPO_URL,
+    cache_dir: Optional[Path] = _SWE_CACHE,
+    exclude_dataset: Optional[Path] = typer.Option(
+        None, help="SWE-bench instances to keep out: only history after their base commits, none of their PR numbers"),
+    per_repo: Optional[int] = typer.Option(None, min=1, help="at most this many changes per repository (spread over time)"),
+    max_files: int = typer.Option(3, min=1, help="most non-test Python files one change may edit"),
+) -> None:
+    """A retrieval development set from repositories' own history: (change message, edited files) pairs."""
+    import json
+    import re
+
+    from steerswitch.benchmarks.swebench.history import mine_history
+    from steerswitch.io import atomic_write_text
+
+    names = [x.strip() for x in repo.split(",") if x.strip()]
+    excl = _swebench_instances(exclude_dataset, None, None, None, None, 0) if exclude_dataset is not None else []
+    cache = _swebench_repos(repos_dir, repo_url, cache_dir)
+    rows: list[dict[str, str]] = []
+    for name in names:
+        mine = [i for i in excl if i.repo == name]
+        refs = {int(m.group(1)) for i in mine if (m := re.search(r"-(\d+)$", i.instance_id))}
+        try:
+            got = mine_history(cache, name, exclude=[i.base_commit for i in mine], max_files=max_files, limit=per_repo,
+                               exclude_refs=refs)
+        except Exception as e:  # noqa: BLE001 - one clear line naming the repository
+            raise typer.BadParameter(f"{name}: {e}", param_hint="--repo") from None
+        typer.echo(f"{name}: {len(got)} changes")
+        rows.extend(got)
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    typer.echo(f"wrote {len(rows)} instances to {out}")
 
 
 @swebench_app.command("check-gold")

@@ -156,6 +156,13 @@ class RepoCache:
             raise git.GitCommandError(cmd, proc.returncode, proc.stderr)
         return proc
 
+    def git_output(self, repo: str, args: list[str]) -> str:
+        """stdout of a read-only git command (``log``, ``diff``...) run against ``repo``'s object store."""
+        try:
+            return self._run(repo, args).stdout.decode("utf-8", "replace")
+        except git.GitCommandError as e:
+            raise ValueError(f"{repo}: git {' '.join(args[:2])} failed: {_stderr(e)}") from e
+
     def _is_partial(self, repo: str) -> bool:
         r = self.open(repo)
         cfg = r.config_reader("repository")

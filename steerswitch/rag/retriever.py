@@ -45,7 +45,7 @@ from steerswitch.rag.signals import ranking as signal_ranking
 from steerswitch.rag.tokens import code_tokens, path_tokens
 
 __all__ = ["RetrieverConfig", "Retriever", "ScoredChunk", "FileExplanation", "SignalContribution", "is_test_path",
-           "rrf", "shared_corpus", "FILE_SIGNALS"]
+           "rrf", "shared_corpus", "FILE_SIGNALS", "fuse_rankings"]
 
 Mode = Literal["bm25", "dense", "hybrid"]
 FileSignal = Literal["chunks", "file", "mentions", "definitions", "tests"]
@@ -70,6 +70,18 @@ def rrf(rankings: list[list[int]], k: int = 60, weights: list[float] | None = No
         for r, item in enumerate(ranking, start=1):
             fused[item] = fused.get(item, 0.0) + w / (k + r)
     return fused
+
+
+def fuse_rankings(rankings: Sequence[tuple[str, Sequence[str], float]], rrf_k: int = 60, k: int | None = None,
+                  drop: Sequence[str] = ()) -> list[str]:
+    """Weighted RRF of ``file_rankings`` output, leaving out the signals in ``drop`` (``chunks`` drops
+    every ``chunks:*`` ranking); ties break by path, as in ``file_scores``. For ablations."""
+    kept = [(r, w) for name, r, w in rankings if name not in drop and name.split(":")[0] not in drop]
+    fused: dict[str, float] = {}
+    for r, w in kept:
+        for pos, p in enumerate(r, start=1):
+            fused[p] = fused.get(p, 0.0) + w / (rrf_k + pos)
+    return sorted(fused, key=lambda p: (-fused[p], p))[:k]
 
 
 class RetrieverConfig(BaseModel):
@@ -302,6 +314,10 @@ class Retriever:
                 order = signal_ranking(self.signal_scores(query, sig), self.paths)[: cfg.candidates]
                 out.append((sig, [self._path_idx[p] for p in order], w.get(sig, 1.0)))  # type: ignore[call-overload]
         return out
+
+    def file_rankings(self, query: str, mode: Mode | None = None) -> list[tuple[str, list[str], float]]:
+        """(signal, paths best first, RRF weight) per file signal: what ``file_scores`` fuses (see ``fuse_rankings``)."""
+        return [(name, [self.paths[i] for i in order], wt) for name, order, wt in self._file_rankings(query, self._mode(mode))]
 
     def file_scores(self, query: str, k: int = 10, mode: Mode | None = None) -> list[tuple[str, float]]:
         """The ``k`` best files as (path, fused score), best first."""

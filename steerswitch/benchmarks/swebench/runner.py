@@ -37,7 +37,7 @@ from steerswitch.benchmarks.metrics import summarize
 from steerswitch.benchmarks.report import progress_bar
 from steerswitch.rag.repo import RepoCache
 from steerswitch.rag.corpus import CorpusCache
-from steerswitch.rag.retriever import Retriever, RetrieverConfig
+from steerswitch.rag.retriever import Retriever, RetrieverConfig, fuse_rankings
 
 __all__ = ["default_cache_dir", "open_repos", "registry_steer_fn", "GeneratorSettings", "check_variants", "make_generator",
            "retrieve_instances", "check_gold", "prepare_repos", "SwebenchWorkerSpec", "build_swebench_worker",
@@ -202,13 +202,27 @@ def _progress(enabled: bool) -> Any:
     return progress_bar() if enabled else Progress(disable=True)
 
 
+def _recall(gold: Sequence[str], ranked: Sequence[str], kk: int) -> float:
+    return len(set(gold) & set(ranked[:kk])) / len(gold)
+
+
+def _recall_stats(rows: Sequence[dict[str, Any]], key: str = "retrieved") -> dict[str, Any]:
+    """{"n", "recall": {"1","5","10"}, "recall_se": ...} over rows without errors that have gold files."""
+    ok = [r for r in rows if "error" not in r and r["gold_files"]]
+    stats = {str(kk): summarize([_recall(r["gold_files"], r[key], kk) for r in ok]) for kk in (1, 5, 10)}
+    return {"n": len(ok), "recall": {kk: m.mean for kk, m in stats.items()}, "recall_se": {kk: m.se for kk, m in stats.items()}}
+
+
 def retrieve_instances(instances: Sequence[Instance], repos: RepoCache, k: int = 5,
-                       config: RetrieverConfig | None = None, progress: bool = True, cold: bool = False) -> dict[str, Any]:
+                       config: RetrieverConfig | None = None, progress: bool = True, cold: bool = False,
+                       ablate: bool = False, keep_rankings: int = 0) -> dict[str, Any]:
     """Rank files per instance; ``{"k", "recall": {"1","5","10"}, "instances": [...]}`` (+ n, standard errors).
 
     Files are analysed once per blob through one ``CorpusCache`` for the whole run (``cold``: a fresh
     one per instance, i.e. every instance re-reads and re-indexes its repository, for comparison).
-    Each row has ``retrieval_seconds`` (build + rank) and ``first_of_repo``."""
+    Each row has ``retrieval_seconds`` (build + rank) and ``first_of_repo``; ``per_repo`` has recall per
+    repository. ``ablate``: ``ablation`` has recall with each file signal removed in turn (fused from
+    the same per-signal rankings); ``keep_rankings`` > 0 stores each signal's top files per row."""
     if k < 1:
         raise ValueError(f"--k must be >= 1, got {k}")
     cfg = config or PipelineConfig().retriever
@@ -229,7 +243,16 @@ def retrieve_instances(instances: Sequence[Instance], repos: RepoCache, k: int =
                 if cold:
                     corpus = CorpusCache(max_lines=cfg.max_lines, max_chars=cfg.max_chars)
                 retriever = Retriever.build(repos, inst.repo, inst.base_commit, config=cfg, corpus=corpus)
-                row["retrieved"] = retriever.rank_files(inst.problem_statement, k=depth)
+                if ablate or keep_rankings:
+                    rankings = retriever.file_rankings(inst.problem_statement)
+                    row["retrieved"] = fuse_rankings(rankings, cfg.rrf_k, k=depth)
+                    if ablate:
+                        row["ablation"] = {f"-{s}": fuse_rankings(rankings, cfg.rrf_k, k=depth, drop=[s])
+                                           for s in cfg.file_signals}
+                    if keep_rankings:
+                        row["rankings"] = {name: r[:keep_rankings] for name, r, _ in rankings}
+                else:
+                    row["retrieved"] = retriever.rank_files(inst.problem_statement, k=depth)
             except Exception as e:  # noqa: BLE001 - a missing repo or commit is reported per instance
                 row["error"] = f"{type(e).__name__}: {e}"
             row["retrieval_seconds"] = time.perf_counter() - t0
@@ -240,6 +263,13 @@ def retrieve_instances(instances: Sequence[Instance], repos: RepoCache, k: int =
             bar.update(task, advance=1)
     stats = {str(kk): summarize(v) for kk, v in recalls.items()}
     ok = [r for r in rows if "error" not in r]
+    by_repo: dict[str, list[dict[str, Any]]] = {}
+    for inst, r in zip(instances, rows):
+        by_repo.setdefault(inst.repo, []).append(r)
+    extra: dict[str, Any] = {"per_repo": {name: _recall_stats(rs) for name, rs in sorted(by_repo.items())}}
+    if ablate:
+        extra["ablation"] = {f"-{s}": _recall_stats([{**r, "retrieved": r.get("ablation", {}).get(f"-{s}", [])} for r in rows])
+                             for s in cfg.file_signals}
     secs = summarize([r["retrieval_seconds"] for r in ok])
     first = summarize([r["retrieval_seconds"] for r in ok if r["first_of_repo"]])
     later = summarize([r["retrieval_seconds"] for r in ok if not r["first_of_repo"]])
@@ -253,6 +283,7 @@ def retrieve_instances(instances: Sequence[Instance], repos: RepoCache, k: int =
         "recall_se": {kk: m.se for kk, m in stats.items()},
         "n": len(recalls[1]),
         "skipped": [r["instance_id"] for r in rows if "error" in r],
+        **extra,
         "instances": rows,
     }
 

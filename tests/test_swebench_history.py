@@ -1,0 +1,83 @@
+"""mine_history: (change message, edited non-test Python files) pairs from a tiny repository's history."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from steerswitch.benchmarks.swebench.history import mine_history
+from steerswitch.benchmarks.swebench.instances import INSTANCE_FIELDS, load_instances
+from steerswitch.benchmarks.swebench.patch import patch_files
+from steerswitch.cli import app
+from steerswitch.rag.repo import RepoCache
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "GIT_AUTHOR_DATE": "2024-01-01T00:00:00", "GIT_COMMITTER_DATE": "2024-01-01T00:00:00", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _commit(repo: Path, files: dict[str, str | None], msg: str) -> str:
+    for p, text in files.items():
+        if text is None:
+            (repo / p).unlink()
+            continue
+        (repo / p).parent.mkdir(parents=True, exist_ok=True)
+        (repo / p).write_text(text)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", msg)
+    return _git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[RepoCache, dict[str, str]]:
+    repo = tmp_path / "repos" / "o__lib"
+    repo.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    c: dict[str, str] = {}
+    c["init"] = _commit(repo, {"lib/a.py": "A = 1\n", "lib/b.py": "B = 1\n", "tests/test_a.py": "T = 1\n",
+                               "README.md": "x\n"}, "initial import of the library (#1)")
+    c["good"] = _commit(repo, {"lib/a.py": "A = 2\n", "tests/test_a.py": "T = 2\n", "README.md": "y\n"},
+                        "Fix the value of A when loading (#12)\n\nCo-authored-by: x <x@y>")
+    c["noref"] = _commit(repo, {"lib/b.py": "B = 2\n"}, "Change the value of B quietly")
+    c["testonly"] = _commit(repo, {"tests/test_a.py": "T = 3\n"}, "Only tests change here (#13)")
+    c["added"] = _commit(repo, {"lib/c.py": "C = 1\n", "lib/a.py": "A = 3\n"}, "Add module c and tweak a (#14)")
+    c["revert"] = _commit(repo, {"lib/b.py": "B = 1\n"}, "Revert the change of B value (#15)")
+    c["two"] = _commit(repo, {"lib/a.py": "A = 4\n", "lib/b.py": "B = 4\n"}, "Make A and B agree again, gh-16")
+    c["short"] = _commit(repo, {"lib/a.py": "A = 5\n"}, "fix #17")
+    c["excluded"] = _commit(repo, {"lib/a.py": "A = 6\n"}, "Fix the dev instance's issue (#99)")
+    return RepoCache(tmp_path / "cache", repos_dir=tmp_path / "repos", url_template=None), c
+
+
+def test_mines_only_qualifying_changes(history: tuple[RepoCache, dict[str, str]]) -> None:
+    repos, c = history
+    rows = mine_history(repos, "o/lib", exclude_refs=[99])
+    assert [r["problem_statement"] for r in rows] == ["Fix the value of A when loading (#12)",
+                                                      "Make A and B agree again, gh-16"]
+    good, two = rows
+    assert good["base_commit"] == c["init"] and patch_files(good["patch"]) == ["lib/a.py"]
+    assert two["base_commit"] == c["revert"] and patch_files(two["patch"]) == ["lib/a.py", "lib/b.py"]
+    assert set(good) == set(INSTANCE_FIELDS) and all(isinstance(v, str) for v in good.values())
+    # later history only: nothing reachable from an excluded base commit
+    assert [r["problem_statement"] for r in mine_history(repos, "o/lib", exclude=[c["good"]])] == [
+        "Make A and B agree again, gh-16", "Fix the dev instance's issue (#99)"]
+    assert len(mine_history(repos, "o/lib", max_files=1, exclude_refs=[99])) == 1
+    assert len(mine_history(repos, "o/lib", limit=1)) == 1
+
+
+def test_mine_history_cli_output_loads_as_instances(history: tuple[RepoCache, dict[str, str]], tmp_path: Path) -> None:
+    out = tmp_path / "hist.jsonl"
+    res = CliRunner().invoke(app, ["swebench", "mine-history", "--out", str(out), "--repo", "o/lib", "--repos-dir",
+                                   str(tmp_path / "repos")])
+    assert res.exit_code == 0, res.output
+    insts = load_instances(out)
+    assert len(insts) == 3 and insts[0].instance_id.startswith("o__lib-h")
+    assert json.loads(out.read_text().splitlines()[0])["FAIL_TO_PASS"] == "[]"
+    bad = CliRunner().invoke(app, ["swebench", "mine-history", "--out", str(out), "--repo", "o/none", "--repos-dir",
+                                   str(tmp_path / "repos")])
+    assert bad.exit_code != 0 and "o/none" in bad.output
