@@ -52,6 +52,7 @@ def resolve_registry(model: str, registry: RegistryChoice) -> Path | None:
     if isinstance(registry, str) and registry in ("default", "auto"):
         path = default_registry_path(model)
         if path is None and registry == "default":
+            resolve_model_path(model)  # a model that does not exist is the error to report, not its registry
             raise NoDefaultRegistryError(
                 Path(str(model)), None, "registry", f"the model {model!r} ships no registry.yaml: give a registry file"
             )

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from steerswitch.benchmarks.demo import DomainSummary, default_prompts, run_demo
-from steerswitch.benchmarks.sweep import default_registry_path
+from steerswitch.session import default_registry_path
 from steerswitch.cli import app
 from steerswitch.engine import SteeringEngine, load_model, model_info, resolve_model_path
 from steerswitch.vectors.prompts import DOMAINS

@@ -441,19 +441,12 @@ def load_app(
     Without `registry`, the registry shipped next to the model (`<model dir>/registry.yaml`) is
     used when there is one; otherwise only unsteered variants are available.
     """
-    from steerswitch.benchmarks.sweep import default_registry_path
-    from steerswitch.engine import load_model
-    from steerswitch.vectors.registry import VectorRegistry
+    from steerswitch.session import Session
 
-    lm, tokenizer = load_model(model, dtype=dtype, device=device)
-    path: Path | None = Path(registry) if registry is not None else None
-    if path is None:
-        try:
-            path = default_registry_path(model)
-        except FileNotFoundError as exc:
-            log.warning("no registry: %s (only unsteered variants are available)", exc)
-    reg = VectorRegistry.load(path, model_info=model_info(lm)) if path is not None else None
-    return create_app(SteeringEngine(lm, tokenizer), reg, model_name=str(model), allowed_hosts=allowed_hosts, limits=limits)
+    session = Session.load(model, registry if registry is not None else "auto", device=device, dtype=dtype)
+    if session.registry is None:
+        log.warning("no registry for %s: only unsteered variants are available", model)
+    return create_app(session.engine, session.registry, model_name=str(model), allowed_hosts=allowed_hosts, limits=limits)
 
 
 def loopback_hosts(host: str) -> list[str] | None:

@@ -84,36 +84,24 @@ DEFAULT_ABSOLUTE_ALPHAS = (2.0, 4.0, 8.0, 16.0)
 # ---------------------------------------------------------------------------------------------
 
 
-def default_registry_path(model: str) -> Path:
-    """The registry shipped next to a model: `<model dir>/registry.yaml` (shipped alias or local dir)."""
-    from steerswitch.engine.loading import resolve_model_path
-
-    base = Path(resolve_model_path(model))
-    if not base.is_dir():
-        raise FileNotFoundError(f"--registry is required for the hub model {model!r} (it ships no registry.yaml)")
-    path = base / "registry.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the model {model!r} has no registry.yaml; pass --registry PATH")
-    return path
-
-
 def load_context(model: str, registry: str | Path | None, device: str | None = None) -> tuple[SteeringEngine, Any, Path]:
-    """(engine, registry, registry path) for a model name/dir and an optional registry path."""
-    from steerswitch.engine import load_model
-    from steerswitch.engine.loading import model_info
+    """(engine, registry, registry path) through `Session.load`: the given registry, else the
+    model's shipped one (a model without one is a RegistryError saying to give it)."""
+    from steerswitch.session import Session
 
-    path = Path(registry) if registry is not None else default_registry_path(model)
-    lm, tokenizer = load_model(model, device=device)
-    reg, _ = load_registry(model, path, model_info=model_info(lm))
-    return SteeringEngine(lm, tokenizer), reg, path
+    session = Session.load(model, registry if registry is not None else "default", device=device)
+    assert session.registry_path is not None  # "default" either finds one or raises
+    return session.engine, session.registry, session.registry_path
 
 
 def load_registry(model: str, registry: str | Path | None, model_info: Any = None) -> tuple[Any, Path]:
     """(registry, path) without loading the model (a driver whose workers load it); checked
     against `model_info` when given."""
+    from steerswitch.session import resolve_registry
     from steerswitch.vectors.registry import VectorRegistry
 
-    path = Path(registry) if registry is not None else default_registry_path(model)
+    path = resolve_registry(model, registry if registry is not None else "default")
+    assert path is not None
     return VectorRegistry.load(path, model_info=model_info), path
 
 

@@ -74,7 +74,9 @@ def run_command(
     from rich.console import Console
     from rich.panel import Panel
 
-    from steerswitch.engine import SteeringEngine, load_model, resolve_model_path
+    from steerswitch.engine import ModelNotFoundError
+    from steerswitch.session import Session
+    from steerswitch.vectors.registry import RegistryError
     from steerswitch.orchestrator import VARIANTS, AlphaPolicy, load_scenarios, run_task
     from steerswitch.orchestrator.live import LiveView, summary_table
 
@@ -84,22 +86,13 @@ def run_command(
     if router not in ("plan", "projection"):
         raise typer.BadParameter("choose 'plan' or 'projection'", param_hint="--router")
     try:
-        model_obj, tokenizer = load_model(model, device=device)
-    except (OSError, ValueError) as e:
+        session = Session.load(model, registry if registry is not None else "auto", device=device)
+    except RegistryError as e:
+        raise typer.BadParameter(str(e), param_hint="--registry") from None
+    except (ModelNotFoundError, OSError, ValueError) as e:
         raise typer.BadParameter(f"cannot load model '{model}': {e}", param_hint="--model") from None
-    engine = SteeringEngine(model_obj, tokenizer)
-    if registry is None:
-        shipped = Path(resolve_model_path(model)) / "registry.yaml"
-        registry = shipped if shipped.is_file() else None
-    reg = None
-    if registry is not None:
-        from steerswitch.vectors.registry import RegistryError, VectorRegistry
-
-        try:
-            reg = VectorRegistry.load(registry, model_info=engine)  # checks hidden size and layers against the model
-        except RegistryError as e:
-            raise typer.BadParameter(str(e), param_hint="--registry") from None
-    elif variant != "baseline":
+    engine, reg = session.engine, session.registry
+    if reg is None and variant != "baseline":
         raise typer.BadParameter(f"variant '{variant}' needs a registry: pass --registry (the model has no registry.yaml)", param_hint="--registry")
     from steerswitch.agents import AgentConfigError, load_agents
     from steerswitch.orchestrator import PolicyConfigError, ScenarioError

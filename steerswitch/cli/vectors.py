@@ -14,12 +14,14 @@ from steerswitch.cli.common import DEFAULT_MODEL, write_json
 
 
 def _vectors_load_model(model: str, device: Optional[str]):
-    from steerswitch.engine import load_model
+    """(model, tokenizer) through the one loader (`Session.load`, no registry: extraction makes one)."""
+    from steerswitch.session import Session
 
     try:
-        return load_model(model, device=device)
+        session = Session.load(model, registry=None, device=device)
     except (OSError, ValueError) as e:
         raise typer.BadParameter(f"cannot load model '{model}': {e}", param_hint="--model") from None
+    return session.model, session.tokenizer
 
 
 def _vectors_registry(path: Path, hint: str = "REGISTRY"):
