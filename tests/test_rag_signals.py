@@ -23,6 +23,10 @@ def test_path_and_traceback_mentions_map_by_longest_suffix() -> None:
     # a bare basename matching two files gives each half
     assert got["src/pkg/core/utils.py"] == got["src/pkg/io/utils.py"] == 0.5
     assert "docs/conf.py" not in got
+    # a basename shared by more than max_matches files names nothing in particular
+    many = PathIndex([f"p{i}/__init__.py" for i in range(4)] + ["p0/x.py"])
+    assert mentioned_files("Unable to load file src\\project\\__init__.py", many) == {}
+    assert len(mentioned_files("__init__.py", many, max_matches=4)) == 4
 
 
 def test_dotted_module_mentions() -> None:
@@ -51,6 +55,10 @@ def test_definition_index_weights_rare_names_higher() -> None:
     assert ranking(s, ["a.py", "b.py", "c.py", "d.py"]) == ["a.py", "b.py", "c.py"]
     assert s["a.py"] == pytest.approx(idx.weight("load") + idx.weight("Reader"))
     assert idx.matches(["load", "Reader"], "a.py") == ["Reader", "load"]
+    # generic names (defined in more than max_df files) and dunders rank nothing: RRF would keep their order
+    strict = DefinitionIndex({"a.py": ["load", "__init__"], "b.py": ["load", "__init__"], "c.py": ["load"]}, max_df=2)
+    assert strict.weight("load") == 0.0 and strict.weight("__init__") == 0.0
+    assert strict.scores(["load", "__init__"]) == {}
 
 
 def test_test_files_map_to_the_sources_they_import() -> None:

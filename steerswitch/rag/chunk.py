@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Chunk", "ChunkKind", "chunk_file", "chunk_python", "chunk_lines", "split_lines"]
+__all__ = ["Chunk", "ChunkKind", "chunk_file", "chunk_python", "chunk_lines", "parse_python", "split_lines"]
 
 ChunkKind = Literal["module", "class", "function", "method", "window"]
 
@@ -134,13 +134,22 @@ def _block(out: list[Chunk], path: str, lines: list[str], body: list[ast.stmt], 
     _emit(out, path, lines, cursor, hi, run_symbol, run_kind, max_lines, max_chars)
 
 
-def chunk_python(path: str, text: str, max_lines: int = 80, max_chars: int = 6000) -> list[Chunk]:
-    """Cut Python source along its AST; falls back to line windows when it does not parse."""
+def parse_python(text: str) -> ast.Module | None:
+    """The AST of ``text``, or None when it does not parse (syntax errors, NUL bytes)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SyntaxWarning)  # invalid escapes in old code are not our concern
-            tree = ast.parse(text)
+            return ast.parse(text)
     except (SyntaxError, ValueError):  # ValueError: source with NUL bytes
+        return None
+
+
+def chunk_python(path: str, text: str, max_lines: int = 80, max_chars: int = 6000,
+                 tree: ast.Module | None = None) -> list[Chunk]:
+    """Cut Python source along its AST (``tree`` if the caller already parsed ``text``); falls back to
+    line windows when it does not parse."""
+    tree = tree if tree is not None else parse_python(text)
+    if tree is None:
         return chunk_lines(path, text, max_lines=max_lines, max_chars=max_chars)
     lines = split_lines(text)
     out: list[Chunk] = []

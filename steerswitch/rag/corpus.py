@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import ast
 import sys
-import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from steerswitch.rag.chunk import Chunk, chunk_file
+from steerswitch.rag.chunk import Chunk, chunk_file, chunk_python, parse_python
 from steerswitch.rag.repo import RepoCache
 from steerswitch.rag.tokens import code_tokens
 
@@ -43,30 +42,27 @@ class FileRecord:
     definitions: tuple[str, ...]  # sorted, unique
 
 
-def _parse(text: str) -> ast.Module | None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SyntaxWarning)
-            return ast.parse(text)
-    except (SyntaxError, ValueError):  # ValueError: NUL bytes
-        return None
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+# statement lists of compound statements (def/class/if/for/while/try/with/match): definitions live only
+# there, so expressions (most of a tree's nodes) are never visited
+_BLOCKS = ("body", "orelse", "finalbody", "handlers", "cases")
 
 
 def python_definitions(tree: ast.AST) -> list[str]:
     """Names defined by class/def statements anywhere in ``tree``: ``name`` and ``Outer.name``."""
     out: set[str] = set()
-
-    def walk(node: ast.AST, owner: str) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                out.add(child.name)
-                if owner:
-                    out.add(f"{owner}.{child.name}")
-                walk(child, child.name)
-            else:
-                walk(child, owner)
-
-    walk(tree, "")
+    stack: list[tuple[ast.AST, str]] = [(tree, "")]
+    while stack:
+        node, owner = stack.pop()
+        for field in _BLOCKS:
+            for child in getattr(node, field, None) or ():
+                if isinstance(child, _DEFS):
+                    out.add(child.name)
+                    if owner:
+                        out.add(f"{owner}.{child.name}")
+                    stack.append((child, child.name))
+                elif isinstance(child, ast.AST):
+                    stack.append((child, owner))
     return sorted(out)
 
 
@@ -85,7 +81,7 @@ def python_imports(path: str, text: str) -> list[str]:
     ``from a.b import c`` yields ``a.b`` and ``a.b.c`` (``c`` may be a submodule); relative imports
     are resolved against ``path``'s package (``from .x import y`` in ``p/q/m.py`` -> ``p.q.x``...).
     """
-    tree = _parse(text)
+    tree = parse_python(text)
     if tree is None:
         return []
     package = module_name(path).split(".")
@@ -112,12 +108,14 @@ def python_imports(path: str, text: str) -> list[str]:
 
 def analyse_file(path: str, text: str, max_lines: int = 80, max_chars: int = 6000) -> FileRecord:
     """Chunks, chunk tokens and definitions of one file (see the module invariants)."""
-    chunks = chunk_file(path, text, max_lines=max_lines, max_chars=max_chars)
-    toks = tuple(tuple(map(sys.intern, code_tokens(c.symbol) + code_tokens(c.text))) for c in chunks)
     defs: list[str] = []
     if path.endswith((".py", ".pyi")):
-        tree = _parse(text)
+        tree = parse_python(text)  # parsed once for both chunks and definitions
+        chunks = chunk_python(path, text, max_lines=max_lines, max_chars=max_chars, tree=tree)
         defs = python_definitions(tree) if tree is not None else []
+    else:
+        chunks = chunk_file(path, text, max_lines=max_lines, max_chars=max_chars)
+    toks = tuple(tuple(map(sys.intern, code_tokens(c.symbol) + code_tokens(c.text))) for c in chunks)
     return FileRecord(path, text, tuple(chunks), toks, tuple(defs))
 
 

@@ -8,11 +8,15 @@ repositories they were never run on. ``Retriever`` fuses them with its BM25/dens
 - ``mentioned_files``: file paths (``pkg/mod.py``, ``C:\\x\\pkg\\mod.py``, pytest node ids),
   traceback frames (``File "/site-packages/pkg/mod.py", line 3, in f``) and dotted module paths
   (``pkg.sub.mod``, ``pkg.sub.mod.Class.method``) mapped to repository files by their longest
-  matching path suffix. A mention matching several files gives each ``1 / n``.
+  matching path suffix. A mention matching several files gives each ``1 / n``; one matching more
+  than ``max_matches`` files (``__init__.py``, ``utils.py`` in a big tree) names nothing in particular
+  and is ignored.
 - ``DefinitionIndex``: class, function and method names -> defining files; queried with the
   identifiers of the issue (``CamelCase``, ``snake_case``, ``obj.method(`` calls, names in
   backticks, code blocks and traceback frames), each matched name weighted by its rarity
-  ``log(1 + N / df)`` (N indexed files, df files defining it).
+  ``log(1 + N / df)`` (N indexed files, df files defining it). Dunder names (``__init__``) and names
+  defined in more than ``max_df`` files say nothing about where a bug is and are not counted (a
+  fused ranking keeps only order, so even a tiny weight would rank such files).
 - ``named_test_sources``: test files the issue names (by path, node id, dotted module or traceback) mapped
   to the source files they import; a test file importing n repository files gives each ``1 / n``.
 """
@@ -76,29 +80,33 @@ class PathIndex:
         return []
 
 
-def mentioned_paths(text: str, index: PathIndex) -> list[tuple[list[str], int]]:
-    """Every mention in ``text`` that matches repository files: (matching files, offset), in text order."""
+MAX_MATCHES = 3  # a mention matching more files than this is ambiguous (see the module docstring)
+MAX_DF = 5  # a name defined in more files than this is generic
+
+
+def mentioned_paths(text: str, index: PathIndex, max_matches: int = MAX_MATCHES) -> list[tuple[list[str], int]]:
+    """Every mention in ``text`` that matches 1..``max_matches`` repository files: (files, offset), in text order."""
     out: list[tuple[list[str], int]] = []
     taken: list[tuple[int, int]] = []
     for m in _PATH_RE.finditer(text):
         hit = index.match_path(m.group(0))
-        if hit:
+        if 0 < len(hit) <= max_matches:
             out.append((hit, m.start()))
         taken.append(m.span())
     for m in _DOTTED_RE.finditer(text):
         if any(a <= m.start() < b for a, b in taken):  # ``pkg/mod.py`` is not also the module ``mod.py``
             continue
         hit = index.match_module(m.group(0))
-        if hit:
+        if 0 < len(hit) <= max_matches:
             out.append((hit, m.start()))
     out.sort(key=lambda x: x[1])
     return out
 
 
-def mentioned_files(text: str, index: PathIndex) -> dict[str, float]:
+def mentioned_files(text: str, index: PathIndex, max_matches: int = MAX_MATCHES) -> dict[str, float]:
     """path -> sum over the mentions matching it of 1 / (files that mention matches)."""
     scores: dict[str, float] = {}
-    for hit, _ in mentioned_paths(text, index):
+    for hit, _ in mentioned_paths(text, index, max_matches):
         for p in hit:
             scores[p] = scores.get(p, 0.0) + 1.0 / len(hit)
     return scores
@@ -137,30 +145,35 @@ def issue_identifiers(text: str) -> set[str]:
 class DefinitionIndex:
     """Defined name -> files defining it, with rarity weights."""
 
-    def __init__(self, definitions: Mapping[str, Iterable[str]]) -> None:
+    def __init__(self, definitions: Mapping[str, Iterable[str]], max_df: int = MAX_DF) -> None:
         self.n_files = len(definitions)
+        self.max_df = max_df
         self.files_of: dict[str, list[str]] = {}
         for path in sorted(definitions):
             for name in set(definitions[path]):
                 self.files_of.setdefault(name, []).append(path)
 
     def weight(self, name: str) -> float:
-        """Rarity of a defined name: log(1 + N / df); 0 for names nothing defines."""
+        """Rarity of a defined name: log(1 + N / df); 0 for names nothing defines, dunders and generic names."""
         df = len(self.files_of.get(name, ()))
-        return math.log1p(self.n_files / df) if df else 0.0
+        if not df or df > self.max_df or (name.startswith("__") and name.endswith("__")):
+            return 0.0
+        return math.log1p(self.n_files / df)
 
     def scores(self, names: Iterable[str]) -> dict[str, float]:
         """path -> sum of the rarity of each queried name the file defines."""
         out: dict[str, float] = {}
         for name in set(names):
             w = self.weight(name)
+            if w <= 0:
+                continue
             for p in self.files_of.get(name, ()):
                 out[p] = out.get(p, 0.0) + w
         return out
 
     def matches(self, names: Iterable[str], path: str) -> list[str]:
         """The queried names ``path`` defines, rarest first (for explanations)."""
-        hits = [n for n in set(names) if path in self.files_of.get(n, ())]
+        hits = [n for n in set(names) if self.weight(n) > 0 and path in self.files_of.get(n, ())]
         return sorted(hits, key=lambda n: (-self.weight(n), n))
 
 
