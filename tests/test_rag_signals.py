@@ -80,11 +80,13 @@ def test_retriever_fuses_text_signals_and_explains() -> None:
     }
     tests = {"tests/test_roundtrip.py": "from pkg.reader import read_header\n\ndef test_it():\n    read_header('x')\n"}
     q = "header is wrong; tests/test_roundtrip.py fails"
-    base = Retriever.from_files(files, RetrieverConfig(mode="bm25"), context_files=tests)
+    base = Retriever.from_files(files, RetrieverConfig(mode="bm25", file_signals=("chunks", "file")), context_files=tests)
     assert base.rank_files(q, k=1) == ["pkg/writer.py"]  # plain BM25 follows the repeated word
     cfg = RetrieverConfig(mode="bm25", file_signals=("chunks", "file", "tests"), signal_weights={"tests": 3.0})
     r = Retriever.from_files(files, cfg, context_files=tests)
     assert r.rank_files(q, k=1) == ["pkg/reader.py"]
+    # the default config fuses all five signals, equally weighted
+    assert Retriever.from_files(files, RetrieverConfig(mode="bm25"), context_files=tests).rank_files(q, k=1) == ["pkg/reader.py"]
     top = r.explain(q, k=3)[0]
     assert top.path == "pkg/reader.py"
     tests_share = [c for c in top.contributions if c.signal == "tests"][0]
