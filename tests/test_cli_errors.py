@@ -62,3 +62,20 @@ def test_console_script_uses_the_same_entry_point() -> None:
     result = subprocess.run([sys.executable, "-m", "steerswitch", "demo", "--model", "./no-such-model"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such local directory" in result.stderr
+
+
+def test_library_errors_name_arguments_and_the_cli_names_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from steerswitch.benchmarks.executor import make_executor
+    from steerswitch.errors import ArgumentError
+    from steerswitch.vectors.commands import parse_layers
+
+    with pytest.raises(ArgumentError) as info:
+        parse_layers("0,9", 4)
+    assert info.value.argument == "layers" and "--" not in str(info.value)
+    with pytest.raises(ArgumentError, match="^workers: only with the ray executor"):
+        make_executor("local", workers=2)
+    # the CLI maps the argument to its flag in one place (cli.common.flag_for)
+    assert main(["bench", "composition", "--quick", "--domain", "no_such_domain"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "--domain" in errors[0] and "no_such_domain" in errors[0], err

@@ -85,15 +85,15 @@ def test_worker_exception_stops_the_local_run() -> None:
 
 def test_executor_options_are_checked() -> None:
     assert isinstance(make_executor("local"), LocalExecutor)
-    with pytest.raises(ValueError, match="--workers"):
+    with pytest.raises(ValueError, match="workers"):
         make_executor("local", workers=2)
-    with pytest.raises(ValueError, match="--ray-address"):
+    with pytest.raises(ValueError, match="address"):
         make_executor("local", address="auto")
     with pytest.raises(ValueError, match="'local' or 'ray'"):
         make_executor("dask")
-    with pytest.raises(ValueError, match="--ray-address"):
+    with pytest.raises(ValueError, match="address"):
         RayExecutor(address="http://x")
-    with pytest.raises(ValueError, match="--workers"):
+    with pytest.raises(ValueError, match="workers"):
         RayExecutor(workers=0)
     for ok in ("auto", "ray://head:10001", "10.0.0.1:6379"):
         assert RayExecutor(address=ok).address == ok

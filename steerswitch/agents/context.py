@@ -22,7 +22,7 @@ def read_tree(root: str | Path, config: RetrieverConfig | None = None) -> dict[s
     cfg = config or RetrieverConfig()
     root = Path(root)
     if not root.is_dir():
-        raise NotADirectoryError(f"--repo {root}: not a directory")
+        raise NotADirectoryError(f"repo {root}: not a directory")
     files: dict[str, str] = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)

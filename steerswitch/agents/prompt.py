@@ -33,7 +33,7 @@ class TokenCounter:
     """Counts and trims text in the model's tokens (or ~4 characters a token without a tokenizer)."""
 
     def __init__(self, tokenizer: Any | None = None) -> None:
-        self.tokenizer = tokenizer
+        self.tokenizer: Any = tokenizer
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

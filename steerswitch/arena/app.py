@@ -267,7 +267,7 @@ def create_app(
         if response.status_code == 405:
             # Starlette's 405 lists only the first route that matched the path; a path served by
             # several routes (GET and POST /api/runs) allows all of their methods.
-            methods = sorted({m for r in app.routes if isinstance(r, APIRoute) and r.path_regex.match(request.url.path) for m in r.methods})
+            methods = sorted({m for r in app.routes if isinstance(r, APIRoute) and r.path_regex.match(request.url.path) for m in (r.methods or ())})
             if methods:
                 response.headers["Allow"] = ", ".join(methods)
         if not request.url.path.startswith(("/api/", "/docs", "/redoc", "/openapi")):

@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from pydantic import BaseModel, Field
 
+from steerswitch.errors import ArgumentError
 from steerswitch.benchmarks.metrics import Summary, distinct_n, keyword_count, paired_differences, rep_n, summarize, surprise_bits
 from steerswitch.engine import Steer, SteeringEngine
 
@@ -171,7 +172,7 @@ def run_composition(
     domains = config.domains or list(registry.domains)
     unknown = [d for d in domains if d not in registry]
     if unknown:
-        raise ValueError(f"--domain: {unknown} not in the registry (it has {', '.join(registry.domains)})")
+        raise ArgumentError("domains", f"{unknown} not in the registry (it has {', '.join(registry.domains)})")
     config = config.model_copy(update={"domains": domains})
     groups = groups_of(domains, config.group_sizes)
     steer = {d: registry.steer(d, config.scale) for d in domains}
@@ -200,7 +201,7 @@ def run_composition(
 
     # Phase 2: switching, segment by segment, every group's rows in one batch per segment.
     switch_names = [f"{SWITCH}:{'>'.join(g)}" for g in groups]
-    state = {name: [(list(), list()) for _ in range(n)] for name in switch_names}  # tokens, segment lengths
+    state: dict[str, list[tuple[list[int], list[int]]]] = {name: [([], []) for _ in range(n)] for name in switch_names}  # tokens, segment lengths
     alive = {name: [True] * n for name in switch_names}
     for seg in range(max(len(g) for g in groups)):
         batch_prompts, batch_steers, batch_where, lengths = [], [], [], []
@@ -238,7 +239,7 @@ def run_composition(
     group_results = []
     for g, switch_name in zip(groups, switch_names):
         sets = keyword_sets_for(registry, g)
-        plan = [(UNSTEERED, UNSTEERED, [])]
+        plan: list[tuple[str, str, list[Any]]] = [(UNSTEERED, UNSTEERED, [])]
         plan += [(f"single:{d}", f"single:{d}", [_steer_info(d, steer[d])]) for d in g]
         plan += [(SUM, f"{SUM}:{'+'.join(g)}", [_steer_info(d, steer[d]) for d in g])]
         plan += [(SWITCH, switch_name, [_steer_info(d, steer[d]) for d in g])]

@@ -51,6 +51,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from steerswitch.errors import ArgumentError
 from steerswitch.io import atomic_write_text
 
 __all__ = [
@@ -204,13 +205,13 @@ class RayExecutor:
         poll_seconds: float = 0.5,
     ) -> None:
         if workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {workers}")
+            raise ArgumentError("workers", f"must be >= 1, got {workers}")
         if gpus_per_worker < 0 or cpus_per_worker < 0:
-            raise ValueError(f"--gpus-per-worker / cpus per worker must be >= 0, got {gpus_per_worker} / {cpus_per_worker}")
+            raise ArgumentError("gpus_per_worker", f"GPUs and CPUs per worker must be >= 0, got {gpus_per_worker} / {cpus_per_worker}")
         if max_retries < 0:
-            raise ValueError(f"--max-retries must be >= 0, got {max_retries}")
+            raise ArgumentError("max_retries", f"must be >= 0, got {max_retries}")
         if address is not None and not _ADDRESS_RE.match(address):
-            raise ValueError(f"--ray-address {address!r}: use 'auto', 'ray://HOST:PORT' or HOST:PORT (or leave it out for a local instance)")
+            raise ArgumentError("address", f"{address!r}: use 'auto', 'ray://HOST:PORT' or HOST:PORT (or leave it out for a local instance)")
         self.address = address
         self.workers = workers
         self.gpus_per_worker = float(gpus_per_worker)
@@ -351,17 +352,17 @@ class RayExecutor:
 
 def make_executor(kind: str = "local", address: str | None = None, workers: int = 1, gpus_per_worker: float = 0.0,
                   max_retries: int = 2) -> LocalExecutor | RayExecutor:
-    """The executor the CLI options name (``--executor --ray-address --workers --gpus-per-worker``)."""
+    """The executor of ``kind`` ("local" or "ray"); errors name the argument (ArgumentError)."""
     if kind == "local":
-        extra = [name for name, bad in (("--ray-address", address is not None), ("--workers", workers != 1),
-                                        ("--gpus-per-worker", gpus_per_worker != 0)) if bad]
+        extra = [name for name, bad in (("address", address is not None), ("workers", workers != 1),
+                                        ("gpus_per_worker", gpus_per_worker != 0)) if bad]
         if extra:
-            raise ValueError(f"{', '.join(extra)}: only with --executor ray")
+            raise ArgumentError(extra[0], "only with the ray executor")
         return LocalExecutor()
     if kind == "ray":
         require_ray()
         return RayExecutor(address=address, workers=workers, gpus_per_worker=gpus_per_worker, max_retries=max_retries)
-    raise ValueError(f"--executor must be 'local' or 'ray', got {kind!r}")
+    raise ArgumentError("executor", f"must be 'local' or 'ray', got {kind!r}")
 
 
 def absolute_if_exists(path: str | Path | None) -> str | None:

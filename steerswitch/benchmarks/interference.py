@@ -53,6 +53,7 @@ from pydantic import BaseModel, Field
 from steerswitch.benchmarks.metrics import Summary, harmonic_mean, keyword_count, summarize
 from steerswitch.engine import SteeringEngine
 from steerswitch.engine.loading import context_limit
+from steerswitch.errors import ArgumentError
 
 DEFAULT_FEW_SHOT = (0, 1, 3, 5)
 DEFAULT_RAG = (0, 1024, 2048, 4096)
@@ -233,7 +234,7 @@ def _examples(tasks: Sequence[Task], task: Task, k: int, seed: int) -> list[Task
     rng = random.Random(f"{seed}:{task.id}")
     rng.shuffle(pool)
     if k > len(pool):
-        raise ValueError(f"--few-shot {k}: domain {task.domain!r} has only {len(pool)} other tasks to use as examples")
+        raise ArgumentError("few_shot", f"{k}: domain {task.domain!r} has only {len(pool)} other tasks to use as examples")
     return pool[:k]
 
 
@@ -247,7 +248,7 @@ def plan_conditions(engine: SteeringEngine, config: InterferenceConfig, tasks: S
     cap = None
     if limit is not None:
         if longest + config.max_new_tokens > limit:
-            raise ValueError(f"--few-shot {max(config.few_shot)}: prompts reach {longest} tokens, beyond the model's context of {limit} with {config.max_new_tokens} new tokens")
+            raise ArgumentError("few_shot", f"{max(config.few_shot)}: prompts reach {longest} tokens, beyond the model's context of {limit} with {config.max_new_tokens} new tokens")
         cap = limit - config.max_new_tokens - plain - _CONTEXT_MARGIN - len(_ids(tok, "\n\n", False))
     conditions = [Condition(n_few_shot=n, rag_tokens=0, rag_requested=0) for n in sorted(set(config.few_shot) | {0})]
     seen = {0}
@@ -286,10 +287,10 @@ def run_interference(
     domains = config.domains or sorted({t.domain for t in tasks if t.domain in registry})
     unknown = [d for d in domains if d not in registry]
     if unknown:
-        raise ValueError(f"--domain: {unknown} not in the registry (it has {', '.join(registry.domains)})")
+        raise ArgumentError("domains", f"{unknown} not in the registry (it has {', '.join(registry.domains)})")
     missing = [d for d in domains if not any(t.domain == d for t in tasks)]
     if missing:
-        raise ValueError(f"--domain: the task set has no tasks for {missing}")
+        raise ArgumentError("domains", f"the task set has no tasks for {missing}")
     if 0.0 not in config.scales:
         config = config.model_copy(update={"scales": [0.0, *config.scales]})
     config = config.model_copy(update={"domains": domains, "scales": sorted(set(config.scales))})

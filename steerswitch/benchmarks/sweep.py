@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from steerswitch.errors import ArgumentError
 from steerswitch.benchmarks.executor import (
     Executor,
     ItemFailure,
@@ -112,7 +113,7 @@ def eval_prompts(n: int | None = None, prompt_file: str | Path | None = None) ->
     prompts = read_prompt_file(prompt_file) if prompt_file is not None else load_prompt_set(NEUTRAL, "eval")
     if n is not None:
         if n < 1:
-            raise ValueError(f"--prompts-n must be >= 1, got {n}")
+            raise ArgumentError("prompts_n", f"must be >= 1, got {n}")
         prompts = prompts[:n]
     return prompts
 
@@ -257,7 +258,7 @@ class SweepWorker:
         if item.is_control:
             cells = [(0.0, [])]
         else:
-            assert item.layer is not None
+            assert item.layer is not None and item.domain is not None
             cells = [(a, [self.steer_for(item.domain, item.layer, a)]) for a in item.alphas]
         rows_prompts: list[str] = []
         rows_steers: list[list[Steer]] = []
@@ -428,11 +429,11 @@ def resolve_layers(config: SweepConfig, vectors: dict[str, Any], num_layers: int
         else:
             bad = [layer for layer in config.layers if layer not in have]
             if bad:
-                raise ValueError(f"--layers: domain {domain!r} has no vector at layers {bad} (it has {have})")
+                raise ArgumentError("layers", f"domain {domain!r} has no vector at layers {bad} (it has {have})")
             chosen = list(config.layers)
         out_of_range = [layer for layer in chosen if num_layers is not None and layer >= num_layers]
         if out_of_range:
-            raise ValueError(f"--layers: {out_of_range} out of range for a model with {num_layers} layers")
+            raise ArgumentError("layers", f"{out_of_range} out of range for a model with {num_layers} layers")
         out[domain] = sorted(set(chosen))
     return out
 
@@ -560,7 +561,7 @@ def run_sweep(
     domains = config.domains or list(registry.domains)
     unknown = [d for d in domains if d not in registry]
     if unknown:
-        raise ValueError(f"--domain: {unknown} not in the registry (it has {', '.join(registry.domains)})")
+        raise ArgumentError("domains", f"{unknown} not in the registry (it has {', '.join(registry.domains)})")
     config = config.model_copy(update={"domains": domains})
     vectors = {d: registry.steering_vector(d) for d in domains}
     keywords = {d: registry.keywords(d) for d in domains}
@@ -701,7 +702,7 @@ def heatmaps(result: SweepResult, out_dir: str | Path) -> list[Path]:
         for title, key in HEATMAP_METRICS:
             panels[title] = [[getattr(result.cell(domain, layer, a), key).mean for a in alphas] for layer in layers]
         best = result.best[domain]
-        marks = [(layers.index(best.layer), alphas.index(best.alpha))] if best.layer is not None else []
+        marks = [(layers.index(best.layer), alphas.index(best.alpha))] if best.layer is not None and best.alpha is not None else []
         paths.append(
             heatmap_grid(
                 Path(out_dir) / f"heatmap_{domain}.png", f"{domain}: layer x alpha ({result.config.alpha_units})",

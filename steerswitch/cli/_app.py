@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 # Help strings are plain text: they name extras like steerswitch[ray], which rich markup would eat.
-PLAIN_HELP = {"rich_markup_mode": None}
+PLAIN_HELP: dict[str, Any] = {"rich_markup_mode": None}
 # Errors are reported by steerswitch.cli.main (one line; tracebacks only with --debug).
-QUIET_ERRORS = {"pretty_exceptions_enable": False}
+QUIET_ERRORS: dict[str, Any] = {"pretty_exceptions_enable": False}
 
 app = typer.Typer(no_args_is_help=True, **PLAIN_HELP, **QUIET_ERRORS, add_completion=False, help="Steered coding agents with per-step vector switching.")
 vectors_app = typer.Typer(no_args_is_help=True, **PLAIN_HELP, help="Build and inspect vector registries.")

@@ -11,6 +11,7 @@ from steerswitch.tables import fit
 
 from steerswitch.cli._app import bench_app
 from steerswitch.cli.common import (
+    bad_parameter,
     DEFAULT_MODEL,
     _bench_context,
     _bench_floats,
@@ -90,7 +91,7 @@ def bench_composition(
         )
         prompts = eval_prompts(prompts_n, prompt_file)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     engine, reg, reg_path = _bench_context(model, registry)
     config = config.model_copy(update={"registry": str(reg_path)})
     bar, task = _bench_progress(1, "composition")
@@ -98,7 +99,7 @@ def bench_composition(
         try:
             result = comp.run_composition(engine, reg, config, prompts, progress=lambda msg, done, total: bar.update(task, completed=done, total=total, description=msg))
         except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
+            raise bad_parameter(e) from None
     console = Console()
     for table in comp.tables(result):
         console.print(fit(table, console))
@@ -139,7 +140,7 @@ def bench_interference(
         )
         task_set = itf.load_tasks(tasks)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     engine, reg, reg_path = _bench_context(model, registry)
     config = config.model_copy(update={"registry": str(reg_path)})
     bar, task = _bench_progress(1, "interference")
@@ -147,7 +148,7 @@ def bench_interference(
         try:
             result = itf.run_interference(engine, reg, config, task_set, progress=lambda msg, done, total: bar.update(task, completed=done, total=total, description=msg))
         except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
+            raise bad_parameter(e) from None
     console = Console()
     for table in itf.tables(result):
         console.print(fit(table, console))

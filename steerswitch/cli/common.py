@@ -44,9 +44,9 @@ def _bench_context(model: str, registry: Optional[Path], load_engine: bool = Tru
     try:
         return load_context(model, registry) if load_engine else (None, *load_registry(model, registry))
     except RegistryError as e:
-        raise typer.BadParameter(str(e), param_hint="--registry") from None
+        raise bad_parameter(e, "--registry") from None
     except FileNotFoundError as e:
-        raise typer.BadParameter(str(e), param_hint="--registry" if "registry" in str(e) else "--model") from None
+        raise bad_parameter(e, "--registry" if "registry" in str(e) else "--model") from None
     except (OSError, ValueError) as e:
         raise typer.BadParameter(f"cannot load model '{model}': {e}", param_hint="--model") from None
 
@@ -72,5 +72,30 @@ def _make_executor(kind: str, address: Optional[str], workers: int, gpus_per_wor
     try:
         return make_executor(kind, address, workers, gpus_per_worker, max_retries)
     except (ValueError, RayNotInstalledError) as e:
-        raise typer.BadParameter(str(e), param_hint="--executor") from None
+        raise bad_parameter(e, "--executor") from None
+
+
+# Library errors name Python arguments (steerswitch.errors.ArgumentError); these are the flags
+# whose names differ from `--` + the argument with dashes.
+FLAG_OF_ARGUMENT = {
+    "positive_file": "--positive",
+    "negative_file": "--negative",
+    "prompts_n": "--prompts",
+    "domains": "--domain",
+    "address": "--ray-address",
+}
+
+
+def flag_for(argument: str) -> str:
+    """The command-line flag of a library argument name."""
+    return FLAG_OF_ARGUMENT.get(argument, "--" + argument.replace("_", "-"))
+
+
+def bad_parameter(exc: BaseException, param_hint: str | None = None) -> typer.BadParameter:
+    """A library error as a usage error: an ArgumentError names its flag, anything else keeps `param_hint`."""
+    from steerswitch.errors import ArgumentError
+
+    if isinstance(exc, ArgumentError):
+        return typer.BadParameter(exc.message, param_hint=flag_for(exc.argument))
+    return typer.BadParameter(str(exc), param_hint=param_hint)
 

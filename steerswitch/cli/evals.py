@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from steerswitch.cli._app import eval_app
-from steerswitch.cli.common import DEFAULT_MODEL, write_json
+from steerswitch.cli.common import DEFAULT_MODEL, write_json, bad_parameter
 from steerswitch.tables import fit
 
 _NEEDS_EXTRA = "lm-evaluation-harness is not installed: pip install 'steerswitch[lm-eval]'"
@@ -26,7 +26,7 @@ def _print_report(out: Path, reference: Optional[str], json_out: Optional[Path])
     try:
         report = build_report(out, reference)
     except LMEvalReportError as e:
-        raise typer.BadParameter(str(e), param_hint="OUT") from None
+        raise bad_parameter(e, "OUT") from None
     console = Console()
     console.print(fit(render_report(report), console))
     write_json(json_out, report.to_json())
@@ -74,16 +74,16 @@ def eval_lm(
     try:
         chosen = parse_variants(variants, positions)  # type: ignore[arg-type]
     except LMEvalSteerError as e:
-        raise typer.BadParameter(str(e), param_hint="--variants") from None
+        raise bad_parameter(e, "--variants") from None
     steered = [v for v in chosen if v.steered]
     try:
         manager = task_manager(task_list, include_path)  # names checked before the model loads
     except LMEvalSteerError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     try:
         session = Session.load(model, registry if registry is not None else ("default" if steered else "auto"), device=device)
     except RegistryError as e:
-        raise typer.BadParameter(str(e), param_hint="--registry") from None
+        raise bad_parameter(e, "--registry") from None
     if steered:
         reg = session.require_registry()
         unknown = sorted({v.domain for v in steered if v.domain is not None and v.domain not in reg})
@@ -104,7 +104,7 @@ def eval_lm(
     try:
         run_variants(session, chosen, config, out, manager=manager, on_variant=announce)
     except LMEvalSteerError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     _print_report(out, None, json_out)
 
 

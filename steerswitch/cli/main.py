@@ -13,6 +13,8 @@ import sys
 from typing import Sequence
 
 from steerswitch.cli._app import app
+from steerswitch.cli.common import flag_for
+from steerswitch.errors import ArgumentError
 from steerswitch.extras import missing_extra
 
 DEBUG_FLAG = "--debug"
@@ -69,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Error: {extra}", file=sys.stderr)
             return USAGE_EXIT
         message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, ArgumentError):
+            message = f"{flag_for(exc.argument)}: {' '.join(exc.message.split())}"
         if is_user_error(exc):
             print(f"Error: {message}", file=sys.stderr)
             return USAGE_EXIT

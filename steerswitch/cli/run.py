@@ -11,7 +11,7 @@ from steerswitch.agents.prompt import describe_cut
 from steerswitch.tables import fit
 
 from steerswitch.cli._app import app
-from steerswitch.cli.common import DEFAULT_MODEL, write_json
+from steerswitch.cli.common import DEFAULT_MODEL, write_json, bad_parameter
 
 
 @app.command()
@@ -88,7 +88,7 @@ def run_command(
     try:
         session = Session.load(model, registry if registry is not None else "auto", device=device)
     except RegistryError as e:
-        raise typer.BadParameter(str(e), param_hint="--registry") from None
+        raise bad_parameter(e, "--registry") from None
     except (ModelNotFoundError, OSError, ValueError) as e:
         raise typer.BadParameter(f"cannot load model '{model}': {e}", param_hint="--model") from None
     engine, reg = session.engine, session.registry
@@ -102,7 +102,7 @@ def run_command(
         scenarios = load_scenarios(scenarios_file)
         policy = AlphaPolicy.from_yaml(policy_file) if policy_file is not None else AlphaPolicy()
     except (AgentConfigError, ScenarioError, PolicyConfigError) as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     rag_context = None
     if repo is not None:
         from steerswitch.agents.context import retrieve_context
@@ -111,7 +111,7 @@ def run_command(
             try:
                 rag_context = retrieve_context(repo, task, k=rag_k)
             except NotADirectoryError as e:
-                raise typer.BadParameter(str(e), param_hint="--repo") from None
+                raise bad_parameter(e, "--repo") from None
     kwargs = dict(
         scenario=scenario, variant=variant, repo=str(repo) if repo is not None else None, rag_context=rag_context,
         run_id=run_id, checkpoint_path=checkpoint, agents=agents, scenarios=scenarios, policy=policy,
@@ -124,7 +124,7 @@ def run_command(
         else:
             record = run_task(engine, reg, task, **kwargs)  # type: ignore[arg-type]
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     if record.already_finished:
         console.print(f"run {record.run_id} had already finished in {checkpoint}: showing the stored result (nothing generated)", style="yellow")
     elif record.resumed:

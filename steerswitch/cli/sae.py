@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from steerswitch.cli._app import sae_app
-from steerswitch.cli.common import DEFAULT_MODEL, write_json
+from steerswitch.cli.common import DEFAULT_MODEL, write_json, bad_parameter
 from steerswitch.tables import fit
 
 
@@ -20,9 +20,9 @@ def _session(model: str, registry: Optional[Path] | str):
     try:
         return Session.load(model, registry=str(registry) if isinstance(registry, Path) else registry)
     except ModelNotFoundError as e:
-        raise typer.BadParameter(str(e), param_hint="--model") from None
+        raise bad_parameter(e, "--model") from None
     except RegistryError as e:
-        raise typer.BadParameter(str(e), param_hint="--registry") from None
+        raise bad_parameter(e, "--registry") from None
 
 
 def _width(text: str) -> int:
@@ -67,7 +67,7 @@ def sae_train(
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
         except (FileNotFoundError, ValueError) as e:
-            raise typer.BadParameter(str(e), param_hint="--corpus" if "corpus" in str(e) else "--layer") from None
+            raise bad_parameter(e, "--corpus" if "corpus" in str(e) else "--layer") from None
     m = report.metrics
     table = Table(title=f"SAE {out}: layer {layer}, {report.d_sae} features (k={k}), {report.tokens_trained:,} tokens in {report.seconds:.0f}s")
     table.add_column("metric")
@@ -110,7 +110,7 @@ def sae_features(
     try:
         autoencoder = SparseAutoencoder.load(sae)
     except SAEError as e:
-        raise typer.BadParameter(str(e), param_hint="--sae") from None
+        raise bad_parameter(e, "--sae") from None
     session = _session(model, registry if registry is not None else "default")
     reg = session.require_registry()
     console = Console()

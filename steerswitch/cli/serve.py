@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from steerswitch.cli._app import app
-from steerswitch.cli.common import DEFAULT_MODEL
+from steerswitch.cli.common import DEFAULT_MODEL, bad_parameter
 
 
 @app.command("serve")
@@ -33,8 +33,8 @@ def serve_cmd(
     try:
         server = build_server(model, registry, host=host, port=port, device=device, log_level=log_level, limits=limits)
     except RegistryError as e:
-        raise typer.BadParameter(str(e), param_hint="--registry") from None
+        raise bad_parameter(e, "--registry") from None
     except (FileNotFoundError, OSError) as e:
-        raise typer.BadParameter(str(e), param_hint="--model") from None
+        raise bad_parameter(e, "--model") from None
     typer.echo(f"Steering Arena on http://{'[' + host + ']' if ':' in host else host}:{port}/  (Ctrl+C to stop)")
     server.run()

@@ -11,6 +11,7 @@ from steerswitch.tables import fit
 
 from steerswitch.cli._app import swebench_app
 from steerswitch.cli.common import (
+    bad_parameter,
     _EXECUTOR,
     _GPUS_PER_WORKER,
     _MAX_RETRIES,
@@ -37,7 +38,7 @@ def _swebench_instances(dataset: Path, ids: Optional[str], repos: Optional[str],
         return select_instances(load_instances(dataset, split=split), repos=csv(repos), ids=csv(ids), limit=limit,
                                 sample=sample, seed=seed)
     except InstanceLoadError as e:
-        raise typer.BadParameter(str(e), param_hint="--dataset") from None
+        raise bad_parameter(e, "--dataset") from None
 
 
 def _swebench_repos(repos_dir: Optional[Path], repo_url: Optional[str], cache_dir: Optional[Path]):
@@ -46,7 +47,7 @@ def _swebench_repos(repos_dir: Optional[Path], repo_url: Optional[str], cache_di
     try:
         return open_repos(repos_dir, repo_url, cache_dir)
     except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--repos-dir / --repo-url") from None
+        raise bad_parameter(e, "--repos-dir / --repo-url") from None
 
 
 _SWE_DATASET = typer.Option(..., "--dataset", help="SWE-bench instances: JSON, JSONL, parquet or a saved datasets folder")
@@ -117,13 +118,13 @@ def swebench_run(
     try:
         names = [v.name for v in parse_variants(variants)]
     except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--variants") from None
+        raise bad_parameter(e, "--variants") from None
     if router not in ("plan", "projection"):
         raise typer.BadParameter("choose 'plan' or 'projection'", param_hint="--router")
     try:
         shares = BudgetShares.parse(budget) if budget else BudgetShares()
     except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--budget") from None
+        raise bad_parameter(e, "--budget") from None
     from steerswitch.benchmarks.executor import absolute_if_exists
 
     settings = GeneratorSettings(
@@ -151,7 +152,7 @@ def swebench_run(
             gen = make_generator(model, names, registry, settings, device=device)
             summary = run_pipeline(insts, out, gen, cache, cfg, executor=ex, retry_errors=retry_errors)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     console.print(f"{summary.completed} new, {summary.skipped} already done, {summary.errors} with errors -> {out}")
     rep = build_report(out)
     if harness:
@@ -187,7 +188,7 @@ def swebench_report(
     try:
         rep = build_report(out)
     except (FileNotFoundError, ValueError) as e:
-        raise typer.BadParameter(str(e), param_hint="OUT") from None
+        raise bad_parameter(e, "OUT") from None
     if harness:
         ds = dataset
         if ds is None and (out / "run.json").exists():
@@ -444,7 +445,7 @@ def swebench_evaluate(
             out = source if source.is_dir() else source.with_suffix(".eval")
         chosen_backend, why = choose_backend(backend)
     except EvaluationError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     console.print(f"backend: {chosen_backend} ({why})")
     needed = {p.instance_id for ps in preds.values() for p in ps}
     insts = [i for i in insts if i.instance_id in needed]
@@ -468,13 +469,13 @@ def swebench_evaluate(
             spec_map, more = resolve_specs([i for i in insts if i.repo in git_dirs], git_dirs, spec_file,
                                            str(specs) if specs else "--specs", swebench_specs)
         except SpecError as e:
-            raise typer.BadParameter(str(e), param_hint="--specs / --swebench-specs") from None
+            raise bad_parameter(e, "--specs / --swebench-specs") from None
         missing.update(more)
     try:
         rep = evaluate(preds, insts, out, cache, backend=chosen_backend, dataset=dataset, specs=spec_map, missing=missing,
                        cfg=cfg, workers=workers, json_out=json_out, meta={"dataset": str(dataset), "source": str(source) if source else ("gold" if gold else "empty")})
     except EvaluationError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     t = Table(title=f"SWE-bench evaluation ({chosen_backend}) -> {out / 'evaluation.json'}")
     for col in ("variant", "resolved", "unresolved", "error", "unsupported", "resolved rate (graded)"):
         t.add_column(col)

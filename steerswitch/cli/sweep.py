@@ -12,6 +12,7 @@ from steerswitch.extras import missing_extra
 
 from steerswitch.cli._app import app
 from steerswitch.cli.common import (
+    bad_parameter,
     _EXECUTOR,
     _GPUS_PER_WORKER,
     _MAX_RETRIES,
@@ -77,7 +78,7 @@ def sweep_command(
         )
         prompts = sw.eval_prompts(prompts_n, prompt_file)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     ex = _make_executor(executor, ray_address, workers, gpus_per_worker, max_retries)
     # a remote executor's workers load the model; the driver reads only the registry
     engine, reg, reg_path = _bench_context(model, registry, load_engine=not ex.remote)
@@ -100,7 +101,7 @@ def sweep_command(
                                   device="cuda" if gpus_per_worker > 0 else None, progress=lambda res, done, total: bar.update(
                 task, completed=done, total=total, description=f"sweep: {res.item.domain or 'control'} layer {res.item.layer if res.item.layer is not None else '-'}"))
         except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
+            raise bad_parameter(e) from None
         except sw.SweepIncompleteError as e:
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(1) from None

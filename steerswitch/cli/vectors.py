@@ -10,7 +10,7 @@ import typer
 from steerswitch.tables import fit
 
 from steerswitch.cli._app import vectors_app
-from steerswitch.cli.common import DEFAULT_MODEL, write_json
+from steerswitch.cli.common import DEFAULT_MODEL, write_json, bad_parameter
 
 
 def _vectors_load_model(model: str, device: Optional[str]):
@@ -30,7 +30,7 @@ def _vectors_registry(path: Path, hint: str = "REGISTRY"):
     try:
         return VectorRegistry.load(path)
     except RegistryError as e:
-        raise typer.BadParameter(str(e), param_hint=hint) from None
+        raise bad_parameter(e, hint) from None
 
 
 @vectors_app.command("extract")
@@ -83,7 +83,7 @@ def vectors_extract(
             layer=layer, alpha=alpha, alpha_units=alpha_units, progress=True,  # type: ignore[arg-type]
         )
     except (ExtractionError, PromptSetError, ValueError) as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     console = Console()
     console.print(registry_table(reg))
     console.print(f"wrote {reg.path}")
@@ -155,7 +155,7 @@ def vectors_diagnose(
             position=position, chat=chat, batch_size=batch_size,  # type: ignore[arg-type]
         )
     except (ExtractionError, PromptSetError, ValueError) as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     write_json(json_out, result.model_dump())
 
 
@@ -192,7 +192,7 @@ def vectors_export_gguf(
             warnings.simplefilter("always")
             path = export_gguf(sv, out, model_hint=model_hint, layer0=layer0)  # type: ignore[arg-type]
     except VectorFormatError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     for w in caught:
         typer.echo(f"note: {w.message}", err=True)
     typer.echo(f"wrote {path} ({len([l for l in sv.layers if l != 0 or layer0 == 'keep'])} layers)")
@@ -223,7 +223,7 @@ def vectors_export_lm_eval(
     try:
         session = Session.load(model, registry if registry is not None else "default", device=device)
     except RegistryError as e:
-        raise typer.BadParameter(str(e), param_hint="--registry") from None
+        raise bad_parameter(e, "--registry") from None
     reg = session.require_registry()
     if domain not in reg:
         raise typer.BadParameter(f"unknown domain '{domain}'; the registry has {', '.join(reg.domains)}", param_hint="--domain")
@@ -231,7 +231,7 @@ def vectors_export_lm_eval(
         steers = [reg.steer(domain, scale)]
         path = export_hf_steered(session.engine, steers, out)
     except (LMEvalSteerError, ValueError) as e:
-        raise typer.BadParameter(str(e)) from None
+        raise bad_parameter(e) from None
     for hookpoint, entry in hf_steered_config(session.engine, steers).items():
         typer.echo(f"wrote {path}: {hookpoint} {entry['action']} coefficient {entry['steering_coefficient']:.6g}")
 
@@ -250,7 +250,7 @@ def vectors_import_gguf(
     try:
         sv = load_any_vector(source, layer=layer)
     except VectorFormatError as e:
-        raise typer.BadParameter(str(e), param_hint="SOURCE") from None
+        raise bad_parameter(e, "SOURCE") from None
     if description:
         sv = type(sv)(sv.directions, sv.meta, description=description)
     sv.save(out)

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 import typer
 
 from steerswitch.cli._app import vectors_app
-from steerswitch.cli.common import DEFAULT_MODEL, write_json
+from steerswitch.cli.common import DEFAULT_MODEL, write_json, bad_parameter
 from steerswitch.tables import fit
 
 
@@ -37,7 +37,7 @@ def vectors_bake(
     try:
         report = bake_domain(session, domain, mode, out, scale=scale)
     except BakeError as e:
-        raise typer.BadParameter(str(e), param_hint="--mode") from None
+        raise bad_parameter(e, "--mode") from None
     console = Console()
     console.print(
         f"baked {domain} ({mode}) into {len(report.writers)} module(s) of {session.name}: {out}\n"
@@ -66,7 +66,7 @@ def vectors_compare(
     try:
         result = compare_registries(registries, domains=domain, layer_fraction=layer_fraction)
     except (CompareError, RegistryError) as e:
-        raise typer.BadParameter(str(e), param_hint="REGISTRIES") from None
+        raise bad_parameter(e, "REGISTRIES") from None
     console = Console()
     for geometry in result.registries:
         table = Table(title=f"{geometry.path} ({geometry.model or 'model ?'}): cosines; layers {geometry.layers}")

@@ -101,7 +101,7 @@ def chunk_lines(path: str, text: str, max_lines: int = 60, max_chars: int = 4000
     return out
 
 
-def _def_span(node: ast.AST, lines: list[str], floor: int) -> tuple[int, int]:
+def _def_span(node: ast.stmt, lines: list[str], floor: int) -> tuple[int, int]:
     """Lines of a def/class with its decorators and the comment lines directly above it (not below ``floor``)."""
     start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
     while start - 1 > floor and lines[start - 2].lstrip().startswith("#"):

@@ -19,6 +19,7 @@ from typing import Any, Literal, Sequence
 import torch
 from rich.table import Table
 
+from steerswitch.errors import ArgumentError
 from steerswitch.vectors.extract import Diagnosis, diagnose, domain_vectors, mean_diff, model_identity, pca
 from steerswitch.vectors.prompts import DOMAINS, NEUTRAL, PromptSetError, domain_keywords, load_prompt_set, read_prompt_file
 from steerswitch.vectors.registry import PromptRef, VectorRegistry, build_registry
@@ -44,7 +45,7 @@ def parse_layers(spec: str | None, num_layers: int) -> list[int] | None:
             out.append(value + num_layers if value < 0 else value)
     for layer in out:
         if not 0 <= layer < num_layers:
-            raise ValueError(f"--layers: {layer} is out of range for a model with {num_layers} layers")
+            raise ArgumentError("layers", f"{layer} is out of range for a model with {num_layers} layers")
     return sorted(set(out))
 
 
@@ -74,17 +75,20 @@ def extract_registry(
     n_layers = ident["num_layers"]
     chosen = n_layers // 2 if layer is None else layer
     if not 0 <= chosen < n_layers:
-        raise ValueError(f"--layer {chosen} is out of range for a model with {n_layers} layers")
+        raise ArgumentError("layer", f"{chosen} is out of range for a model with {n_layers} layers")
     if layers is not None and chosen not in layers:
         layers = sorted({*layers, chosen})  # the registry layer must be extracted
     if not math.isfinite(alpha):
-        raise ValueError("--alpha must be finite")
+        raise ArgumentError("alpha", "must be finite")
+    if position == "mean" and (method != "mean_diff" or positive_file is not None or negative_file is not None):
+        raise ArgumentError("position", "'mean' (domain mean vs neutral mean) works with method mean_diff on the shipped domain sets")
     vectors: dict[str, SteeringVector] = {}
     refs: dict[str, PromptRef] = {}
     keywords: dict[str, list[str]] = {}
     if positive_file is not None or negative_file is not None:
         if positive_file is None or negative_file is None:
-            raise ValueError("--positive and --negative go together")
+            raise ArgumentError("positive_file", "positive and negative prompt files go together")
+        assert position != "mean"
         pos = read_prompt_file(positive_file, split=None)
         neg = read_prompt_file(negative_file, split=None)
         domain = name or "custom"
@@ -120,6 +124,7 @@ def extract_registry(
                 progress=progress,
             )
         else:
+            assert position != "mean"
             fn = mean_diff if method == "mean_diff" else pca
             for d, texts in sets.items():
                 n = min(len(texts), len(neutral))
@@ -259,11 +264,11 @@ def diagnose_sets(
     """`diagnose` on a shipped domain vs neutral, or on two prompt files."""
     if positive_file is not None or negative_file is not None:
         if positive_file is None or negative_file is None:
-            raise ValueError("--positive and --negative go together")
+            raise ArgumentError("positive_file", "positive and negative prompt files go together")
         pos, neg = read_prompt_file(positive_file), read_prompt_file(negative_file)
     else:
         if domain is None:
-            raise ValueError("give --domain or --positive/--negative")
+            raise ArgumentError("domain", "give a domain, or positive and negative prompt files")
         pos, neg = load_prompt_set(domain, split), load_prompt_set(NEUTRAL, split)
     return diagnose(
         model, tokenizer, pos, neg, layers=layers, position=position, chat=chat, batch_size=batch_size, show=show, progress=show

@@ -33,7 +33,7 @@ from steerswitch.io import atomic_write_bytes
 if TYPE_CHECKING:  # pragma: no cover
     from steerswitch.engine.steering import Steer
 
-HOOK_SITE = "decoder_layer_output"
+HOOK_SITE: Literal["decoder_layer_output"] = "decoder_layer_output"
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:

@@ -903,10 +903,10 @@ def validate_patch(diff: str, git_dir: str | Path, base_commit: str, *, tree: Ba
                 p = _path_problem(pf.target_file, True)[0]
                 if not p or not p.endswith(".py"):
                     continue
-                f = scratch / p
-                if not f.is_file() or f.is_symlink():
+                patched = scratch / p
+                if not patched.is_file() or patched.is_symlink():
                     continue
-                err = _syntax_error(f.read_bytes())
+                err = _syntax_error(patched.read_bytes())
                 if err and _syntax_error(tree.read_bytes(p) or b"") is None:
                     chk.python_parses = False
                     chk.reasons.append(f"{p} does not parse after the patch: {err}")

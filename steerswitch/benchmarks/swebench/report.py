@@ -153,7 +153,7 @@ def _row(variant: str, r: dict[str, Any]) -> dict[str, Any]:
     c = r.get("check") or {}
     ret = r.get("retrieval") or {}
     gold = set(ret.get("gold_files") or [])
-    row = {"variant": variant, "instance_id": r.get("instance_id"), "source": r.get("source"), "error": r.get("error")}
+    row: dict[str, Any] = {"variant": variant, "instance_id": r.get("instance_id"), "source": r.get("source"), "error": r.get("error")}
     row.update({k: bool(c.get(k)) for k in ("empty", "valid_diff", "paths_ok", "files_exist", "strict_apply",
                                              "lenient_apply", "python_parses", "valid")})
     row["edited_files"] = c.get("edited_files") or []
@@ -214,7 +214,7 @@ def build_report(out_dir: str | Path) -> RunReport:
         records = _read_records(rec_file)
         named = {r.get("variant") for r in records if isinstance(r.get("variant"), str)}
         # records keep the variant as written (direct:x); the folder has ':' as '-'
-        found.append((named.pop() if len(named) == 1 else rec_file.parent.name, records))
+        found.append((str(named.pop()) if len(named) == 1 else rec_file.parent.name, records))
     found.sort(key=lambda vr: (order.get(vr[0], len(order)), vr[0]))
     for v, records in found:
         folder = v.replace(":", "-")
@@ -238,8 +238,8 @@ PAIRED_OUTCOMES: dict[str, str] = {  # outcome -> kind
 
 def _paired(outcome: str, kind: str, rows_a: dict[str, dict[str, Any]], rows_b: dict[str, dict[str, Any]],
             ids: list[str]) -> PairedOutcome:
-    pairs = [(i, rows_a[i].get(outcome), rows_b[i].get(outcome)) for i in ids]
-    pairs = [(i, float(x), float(y)) for i, x, y in pairs if x is not None and y is not None]
+    raw = [(i, rows_a[i].get(outcome), rows_b[i].get(outcome)) for i in ids]
+    pairs = [(i, float(x), float(y)) for i, x, y in raw if x is not None and y is not None]
     xs, ys = [x for _, x, _ in pairs], [y for _, _, y in pairs]
     res = PairedOutcome(outcome=outcome, kind=kind, n=len(pairs), mean_a=summarize(xs).mean, mean_b=summarize(ys).mean,
                         diff=summarize([x - y for _, x, y in pairs]), disagree=[i for i, x, y in pairs if x != y])

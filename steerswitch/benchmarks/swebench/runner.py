@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from steerswitch.errors import ArgumentError
 from steerswitch.benchmarks.executor import WorkerFactory
 from steerswitch.benchmarks.swebench.instances import Instance
 from steerswitch.benchmarks.swebench.patch import PatchPolicy, patch_files, validate_patch
@@ -53,9 +54,9 @@ def open_repos(repos_dir: Path | None, repo_url: str | None, cache_dir: Path | N
     if repos_dir is None and repo_url is None:
         raise ValueError("give --repos-dir (local clones named owner__name) or --repo-url (e.g. https://github.com/{repo}.git)")
     if repos_dir is not None and not Path(repos_dir).is_dir():
-        raise ValueError(f"--repos-dir {repos_dir}: not a directory")
+        raise ArgumentError("repos_dir", f"{repos_dir}: not a directory")
     if repo_url is not None and "{repo}" not in repo_url:
-        raise ValueError(f"--repo-url {repo_url!r} must contain '{{repo}}' (replaced by owner/name)")
+        raise ArgumentError("repo_url", f"{repo_url!r} must contain '{{repo}}' (replaced by owner/name)")
     return RepoCache(cache_dir or default_cache_dir(), repos_dir=repos_dir, url_template=repo_url)
 
 
@@ -224,7 +225,7 @@ def retrieve_instances(instances: Sequence[Instance], repos: RepoCache, k: int =
     repository. ``ablate``: ``ablation`` has recall with each file signal removed in turn (fused from
     the same per-signal rankings); ``keep_rankings`` > 0 stores each signal's top files per row."""
     if k < 1:
-        raise ValueError(f"--k must be >= 1, got {k}")
+        raise ArgumentError("k", f"must be >= 1, got {k}")
     cfg = config or PipelineConfig().retriever
     depth = max(k, 10)
     corpus = CorpusCache(max_lines=cfg.max_lines, max_chars=cfg.max_chars)

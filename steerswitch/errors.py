@@ -1,0 +1,15 @@
+"""Errors library code raises about its own arguments. They name the Python argument (`layers`,
+`domain`); the CLI maps argument names to its flags in one place (`cli.common.flag_for`)."""
+
+from __future__ import annotations
+
+__all__ = ["ArgumentError"]
+
+
+class ArgumentError(ValueError):
+    """``argument`` has a value the function cannot use; ``message`` says why."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        self.argument = argument
+        self.message = message
+        super().__init__(f"{argument}: {message}")
