@@ -227,3 +227,27 @@ def test_diagnose_records_and_suggestion(tiny, capsys) -> None:
     assert result.suggested == sorted(r.layer for r in sorted(inner, key=lambda r: -r.separation)[:3])
     out = capsys.readouterr().out
     assert "suggested layers" in out and "separation" in out
+
+
+def test_methods_are_aggregators_over_one_collection(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    from steerswitch.vectors import extract as ex
+
+    model, tok = tiny
+    pos, neg = ["def f(): return 1", "x = [1, 2]", "class A: pass"], ["hello there", "the cat sat", "it rains"]
+    calls: list[int] = []
+    real = ex.paired_differences
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "paired_differences", counting)
+    monkeypatch.setitem(ex.AGGREGATORS, "median_diff", lambda d: d.median(dim=0).values)
+    med = ex.contrastive_vector(model, tok, pos, neg, method="median_diff", layers=[1])
+    mean = ex.mean_diff(model, tok, pos, neg, layers=[1])
+    diffs = real(model, tok, pos, neg, layers=[1])[1]
+    assert len(calls) == 2 and med.meta.method == "median_diff"
+    assert torch.allclose(med.direction(1), diffs.median(dim=0).values)
+    assert torch.allclose(mean.direction(1), diffs.mean(dim=0))
+    with pytest.raises(ex.ExtractionError, match="method must be one of"):
+        ex.contrastive_vector(model, tok, pos, neg, method="nope")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 from pydantic import BaseModel
@@ -271,44 +271,9 @@ def _meta(
     )
 
 
-def mean_diff(
-    model: Any,
-    tokenizer: Any,
-    positive: Sequence[str],
-    negative: Sequence[str],
-    *,
-    layers: Sequence[int] | None = None,
-    position: Position = "last",
-    chat: bool = False,
-    batch_size: int = 16,
-    user_prompt: str = "",
-    description: str = "",
-    progress: bool = False,
-) -> SteeringVector:
-    """Mean over pairs of (positive - negative) residuals at every requested layer."""
-    diffs = paired_differences(
-        model,
-        tokenizer,
-        positive,
-        negative,
-        layers=layers,
-        position=position,
-        chat=chat,
-        batch_size=batch_size,
-        user_prompt=user_prompt,
-        progress=progress,
-    )
-    extra = {"user_prompt": user_prompt} if position == "all" and user_prompt else {}
-    meta = _meta(
-        model,
-        "mean_diff",
-        position,
-        _chat_used(tokenizer, position, chat),
-        {"positive": positive, "negative": negative},
-        description,
-        **extra,
-    )
-    return SteeringVector({layer: d.mean(dim=0) for layer, d in diffs.items()}, meta)
+def mean_of_differences(diffs: torch.Tensor) -> torch.Tensor:
+    """The mean of the paired differences (contrastive activation addition)."""
+    return diffs.mean(dim=0)
 
 
 def pca_direction(diffs: torch.Tensor) -> torch.Tensor:
@@ -327,12 +292,21 @@ def pca_direction(diffs: torch.Tensor) -> torch.Tensor:
     return direction.float()
 
 
-def pca(
+# How a method turns the (n_pairs, hidden) paired differences of one layer into a direction. A new
+# method is one more entry: the activation collection (`paired_differences`) is shared.
+AGGREGATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "mean_diff": mean_of_differences,
+    "pca": pca_direction,
+}
+
+
+def contrastive_vector(
     model: Any,
     tokenizer: Any,
     positive: Sequence[str],
     negative: Sequence[str],
     *,
+    method: str = "mean_diff",
     layers: Sequence[int] | None = None,
     position: Position = "last",
     chat: bool = False,
@@ -341,23 +315,29 @@ def pca(
     description: str = "",
     progress: bool = False,
 ) -> SteeringVector:
-    """repeng's pca_diff: first principal component of the paired differences, per layer."""
+    """A steering vector from paired prompts: residual differences collected once, then reduced
+    per layer by the method's aggregator (`AGGREGATORS`)."""
+    if method not in AGGREGATORS:
+        raise ExtractionError(f"method must be one of {', '.join(AGGREGATORS)}, not {method!r}")
     diffs = paired_differences(
-        model,
-        tokenizer,
-        positive,
-        negative,
-        layers=layers,
-        position=position,
-        chat=chat,
-        batch_size=batch_size,
-        user_prompt=user_prompt,
-        progress=progress,
+        model, tokenizer, positive, negative, layers=layers, position=position, chat=chat,
+        batch_size=batch_size, user_prompt=user_prompt, progress=progress,
     )
-    meta = _meta(
-        model, "pca", position, _chat_used(tokenizer, position, chat), {"positive": positive, "negative": negative}, description
-    )
-    return SteeringVector({layer: pca_direction(d) for layer, d in diffs.items()}, meta)
+    extra = {"user_prompt": user_prompt} if position == "all" and user_prompt else {}
+    meta = _meta(model, method, position, _chat_used(tokenizer, position, chat),
+                 {"positive": positive, "negative": negative}, description, **extra)
+    aggregate = AGGREGATORS[method]
+    return SteeringVector({layer: aggregate(d) for layer, d in diffs.items()}, meta)
+
+
+def mean_diff(model: Any, tokenizer: Any, positive: Sequence[str], negative: Sequence[str], **kwargs: Any) -> SteeringVector:
+    """Mean over pairs of (positive - negative) residuals at every requested layer."""
+    return contrastive_vector(model, tokenizer, positive, negative, method="mean_diff", **kwargs)
+
+
+def pca(model: Any, tokenizer: Any, positive: Sequence[str], negative: Sequence[str], **kwargs: Any) -> SteeringVector:
+    """repeng's pca_diff: first principal component of the paired differences, per layer."""
+    return contrastive_vector(model, tokenizer, positive, negative, method="pca", **kwargs)
 
 
 def domain_vectors(
