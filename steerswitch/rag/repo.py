@@ -36,6 +36,16 @@ _REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 # Environment for every read: no lazy fetch from a promisor remote (GIT_NO_LAZY_FETCH for new git;
 # an allow-list naming no real transport for old git), no credential prompts.
 _READ_ENV = {"GIT_NO_LAZY_FETCH": "1", "GIT_ALLOW_PROTOCOL": "none", "GIT_TERMINAL_PROMPT": "0"}
+GIT_TIMEOUT_S = 300  # a git read that hangs (a lock, a huge log) fails the instance instead of the run
+
+
+def run_git(git_dir: str, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+            cwd: str | None = None, timeout: float = GIT_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """The one way the project runs git on a repository it only reads: ``git --git-dir GIT_DIR ARGS``
+    (plain ``git ARGS`` when ``git_dir`` is empty) with lazy fetching and prompts off, and a timeout."""
+    cmd = ["git", "--git-dir", git_dir, *args] if git_dir else ["git", *args]
+    return subprocess.run(cmd, input=input, capture_output=True, env={**os.environ, **_READ_ENV, **(env or {})},
+                          cwd=cwd, timeout=timeout)
 
 
 class RepoNotFoundError(RuntimeError):
@@ -53,8 +63,7 @@ def _stderr(e: git.GitCommandError) -> str:
 def tree_entries(git_dir: str, commit: str) -> dict[str, tuple[str, str, str]]:
     """Every entry of ``commit``'s tree: path -> (mode, type, sha), symlinks (120000) and
     submodules (type "commit") included. The one ``ls-tree`` reader of the project."""
-    env = {**os.environ, **_READ_ENV}
-    proc = subprocess.run(["git", "--git-dir", git_dir, "ls-tree", "-r", "-z", "--full-tree", commit], capture_output=True, env=env)
+    proc = run_git(git_dir, "ls-tree", "-r", "-z", "--full-tree", commit)
     if proc.returncode != 0:
         raise ValueError(f"{git_dir}: cannot list commit {commit!r}: {proc.stderr.decode(errors='replace').strip()}")
     out: dict[str, tuple[str, str, str]] = {}
@@ -149,11 +158,10 @@ class RepoCache:
         return str(self.open(repo).git_dir)
 
     def _run(self, repo: str, args: list[str], input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        env = {**os.environ, **_READ_ENV}
-        cmd = ["git", "--git-dir", self._git_dir(repo), *args]
-        proc = subprocess.run(cmd, input=input, capture_output=True, env=env)
+        git_dir = self._git_dir(repo)
+        proc = run_git(git_dir, *args, input=input)
         if check and proc.returncode != 0:
-            raise git.GitCommandError(cmd, proc.returncode, proc.stderr)
+            raise git.GitCommandError(["git", "--git-dir", git_dir, *args], proc.returncode, proc.stderr)
         return proc
 
     def git_output(self, repo: str, args: list[str]) -> str:

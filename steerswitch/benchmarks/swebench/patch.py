@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field, computed_field
 from unidiff import PatchSet
 from unidiff.errors import UnidiffParseError
 
-from steerswitch.rag.repo import tree_entries
+from steerswitch.rag.repo import run_git, tree_entries
 
 __all__ = [
     "PatchCheck",
@@ -179,9 +179,7 @@ class BaseTree:
 
 def _git(git_dir: str, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
          cwd: str | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **_GIT_ENV, **(env or {})}
-    cmd = ["git", "--git-dir", git_dir, *args] if git_dir else ["git", *args]
-    return subprocess.run(cmd, input=input, capture_output=True, env=full_env, cwd=cwd, timeout=_TIMEOUT_S)
+    return run_git(git_dir, *args, input=input, env={**_GIT_ENV, **(env or {})}, cwd=cwd, timeout=_TIMEOUT_S)
 
 
 def _ls_tree(git_dir: str, commit: str) -> dict[str, tuple[str, str]]:
