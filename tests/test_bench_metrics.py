@@ -186,3 +186,30 @@ def test_hf_judge_gives_an_expected_rating() -> None:
     value = judge("fluency", "write a test", "def test_x(): assert x", "testing")
     assert 0.0 <= value <= 2.0
     assert value == pytest.approx(judge("fluency", "write a test", "def test_x(): assert x", "testing"))
+
+
+def test_semantic_score_prefers_the_domain_and_scores_empty_zero() -> None:
+    from steerswitch.benchmarks.metrics import SemanticScorer, load_encoder, reference_prompts
+
+    refs = {d: reference_prompts(d) for d in ("test_writing", "bug_analysis")}
+    neutral = reference_prompts("neutral")
+    assert all(refs.values()) and neutral
+    scorer = SemanticScorer(load_encoder("hashing"), refs, neutral)  # type: ignore[arg-type]
+    tests_text = "def test_parse_empty():\n    assert parse('') == []\n    with pytest.raises(ValueError):\n        parse(None)"
+    prose = "The weather was pleasant and we walked along the river to the old town."
+    t, p, e = scorer.score([tests_text, prose, ""], "test_writing")
+    assert t > p and e == 0.0
+    # the same scorer for every variant: a text scores the same whatever else is in the batch
+    assert scorer.score([tests_text], "test_writing")[0] == pytest.approx(t)
+    with pytest.raises(KeyError, match="no semantic references"):
+        scorer.score([prose], "nope")
+
+
+def test_fluency_bounds_bind_relative_to_the_control() -> None:
+    from steerswitch.benchmarks.metrics import FluencyBounds
+
+    b = FluencyBounds()
+    assert b.check(0.19, 6.4, 0.10, 5.0).fluent
+    assert not b.check(0.21, 5.0, 0.10, 5.0).fluent and "rep3" in b.check(0.21, 5.0, 0.10, 5.0).reasons[0]
+    assert not b.check(0.10, 6.6, 0.10, 5.0).fluent
+    assert not b.check(None, None, 0.1, 5.0).fluent

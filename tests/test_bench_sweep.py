@@ -32,7 +32,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     engine = SteeringEngine(model, tok)
     registry = _registry(tmp_path_factory.mktemp("reg"))
     prompts = sw.eval_prompts(3)
-    config = sw.SweepConfig(domains=["test_writing"], layers=[1, 2], alphas=[0.5, 3.0], max_new_tokens=6)
+    config = sw.SweepConfig(domains=["test_writing"], layers=[1, 2], alphas=[0.5, 3.0], max_new_tokens=6, encoder="hashing")
     result = sw.run_sweep(engine, registry, config, prompts)
     return engine, registry, prompts, result
 
@@ -105,27 +105,37 @@ def test_json_and_heatmaps(setup, tmp_path: Path) -> None:
         write_json(tmp_path / "bad.json", {"config": {}})
 
 
-def _agg(layer: int, alpha: float, kw: float, rep3: float, surprise: float) -> sw.CellAggregate:
+def _agg(layer: int, alpha: float, sem: float, rep3: float, surprise: float) -> sw.CellAggregate:
     s = lambda m: Summary(n=4, mean=m, se=0.1)  # noqa: E731
     return sw.CellAggregate(
         domain="test_writing", layer=layer, alpha=alpha, n=4, change_rate=s(1.0), kl_first=s(0.1), kl_mean=s(0.1), surprise=s(surprise),
-        rep3=s(rep3), distinct2=s(0.9), keyword_count=s(kw), keyword_delta=s(kw - 1), fluent=False,
+        rep3=s(rep3), distinct2=s(0.9), keyword_count=s(sem * 10), keyword_delta=s(sem * 10 - 1), semantic=s(sem),
+        semantic_delta=s(sem - 0.01), fluent=False,
     )
 
 
-def test_best_cell_obeys_the_fluency_constraint(tmp_path: Path) -> None:
-    config = sw.SweepConfig(domains=["test_writing"], alphas=[1.0, 2.0, 4.0], max_rep3=0.5, max_surprise_delta=2.0)
+def _cells(config: sw.SweepConfig) -> list[sw.CellAggregate]:
     cells = [
-        _agg(1, 0.0, 1.0, 0.1, 5.0),
-        _agg(1, 1.0, 2.0, 0.2, 5.5),
-        _agg(1, 2.0, 3.0, 0.4, 6.5),   # fluent, most hits among fluent cells
-        _agg(1, 4.0, 9.0, 0.9, 6.0),   # most hits but degenerate (rep3)
-        _agg(2, 4.0, 8.0, 0.2, 9.0),   # most hits but surprising
+        _agg(1, 0.0, 0.01, 0.10, 5.0),
+        _agg(1, 1.0, 0.02, 0.15, 5.5),
+        _agg(1, 2.0, 0.05, 0.20, 6.4),   # fluent (rep3 0.10 + 0.1, surprise 5.0 + 1.5), best semantic score among fluent cells
+        _agg(1, 4.0, 0.20, 0.25, 6.0),   # best score but degenerate: rep3 above the control's + 0.1
+        _agg(2, 4.0, 0.30, 0.12, 6.6),   # best score but degenerate: surprise above the control's + 1.5 bits
     ]
     for c in cells:
-        c.fluent = sw._fluent(config, c, 5.0)
+        check = config.bounds.check(c.rep3.mean, c.surprise.mean, 0.10, 5.0)
+        c.fluent, c.fluency_reasons = check.fluent, check.reasons
+    return cells
+
+
+def test_best_cell_obeys_the_fluency_bounds(tmp_path: Path) -> None:
+    config = sw.SweepConfig(domains=["test_writing"], alphas=[1.0, 2.0, 4.0])
+    assert (config.max_rep3_delta, config.max_surprise_delta) == (0.1, 1.5)  # the defaults bind
+    cells = _cells(config)
+    assert [c.degenerate for c in cells] == [False, False, False, True, True]
+    assert "rep3" in cells[3].fluency_reasons[0] and "surprise" in cells[4].fluency_reasons[0]
     best = sw.choose_best(config, cells)["test_writing"]
-    assert (best.layer, best.alpha, best.beats_control) == (1, 2.0, True)
+    assert (best.layer, best.alpha, best.beats_control, best.metric) == (1, 2.0, True, "semantic")
 
     registry = _registry(tmp_path)
     fake = sw.SweepResult(config=config, prompts=["p"], layers={"test_writing": [1]}, rows=[], aggregates=cells, best={"test_writing": best}, seconds=0.0, item_seconds=[])
@@ -134,6 +144,22 @@ def test_best_cell_obeys_the_fluency_constraint(tmp_path: Path) -> None:
     reloaded = VectorRegistry.load(tmp_path / "updated.yaml")
     assert reloaded.entry("test_writing").layer == 1 and reloaded.entry("test_writing").alpha == 2.0
     assert reloaded.entry("bug_analysis") == registry.entry("bug_analysis")
+
+
+def test_a_degenerate_cell_is_never_written_to_a_registry(tmp_path: Path) -> None:
+    config = sw.SweepConfig(domains=["test_writing"], alphas=[1.0, 2.0, 4.0])
+    cells = _cells(config)
+    registry = _registry(tmp_path)
+    forced = sw.choose_best(config, cells)["test_writing"].model_copy(update={"layer": 1, "alpha": 4.0})  # a degenerate cell
+    fake = sw.SweepResult(config=config, prompts=["p"], layers={"test_writing": [1]}, rows=[], aggregates=cells, best={"test_writing": forced}, seconds=0.0, item_seconds=[])
+    with pytest.raises(sw.DegenerateCellError, match="degenerate"):
+        sw.write_best(registry, fake, tmp_path / "updated.yaml")
+    assert not (tmp_path / "updated.yaml").exists()
+    # every cell degenerate: nothing is chosen, nothing written
+    for c in cells[1:]:
+        c.fluent = False
+    none = sw.choose_best(config, cells)["test_writing"]
+    assert none.layer is None and not none.beats_control and "degenerate" in none.reason
 
 
 def test_bad_grid_is_refused(setup) -> None:
@@ -156,7 +182,7 @@ def test_sweep_command_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         "sweep", "--model", str(model_dir), "--domain", "bug_analysis", "--layers", "2", "--alphas", "0.5,2", "--prompts", "2",
-        "--max-new-tokens", "6", "--out", str(out), "--json", str(tmp_path / "copy.json"), "--max-rep3", "1.0",
+        "--max-new-tokens", "6", "--out", str(out), "--json", str(tmp_path / "copy.json"), "--max-rep3-delta", "1.0", "--encoder", "hashing",
         "--max-surprise-delta", "100", "--write-registry", "--registry-out", str(tmp_path / "written.yaml"),
     ])
     assert result.exit_code == 0, result.output
@@ -187,3 +213,15 @@ def test_diversity_and_judge_are_recorded(setup) -> None:
         assert cell.diversity.n == 2 and 1 / 3 <= cell.diversity.mean <= 1.0
     assert {c for _, c in seen} == {registry.entry("test_writing").description or "test writing"}
     assert len(seen) == 3 * (2 + 2)  # three criteria for 2 control rows and 2 steered rows
+
+
+def test_a_cell_whose_outputs_are_all_empty_is_degenerate() -> None:
+    config = sw.SweepConfig(domains=["test_writing"], layers=[1], alphas=[1.0])
+    row = lambda i, text, domain=None, alpha=0.0: sw.RowResult(  # noqa: E731
+        prompt_index=i, domain=domain, layer=None if domain is None else 1, alpha=alpha, text=text, rep3=0.0, distinct2=1.0,
+        changed=bool(domain), surprise=None if not text else 4.0, token_ids=[], n_tokens=len(text.split()), kl_first=None, kl_mean=None)
+    control = {i: row(i, "def f(x):\n    return x + 1") for i in range(3)}
+    rows = [*control.values(), *(row(i, "", "test_writing", 1.0) for i in range(3))]
+    cells = sw._aggregate(config, rows, control, {"test_writing": ["assert"]}, {"test_writing": [1]})
+    empty = next(c for c in cells if c.alpha == 1.0)
+    assert empty.degenerate and "every output is empty" in empty.fluency_reasons

@@ -138,7 +138,7 @@ def test_affinity_keeps_an_instance_on_one_worker() -> None:
 def sweep_setup(tmp_path_factory: pytest.TempPathFactory):
     model, tok = tiny_model_and_tokenizer()
     registry = _registry(tmp_path_factory.mktemp("reg"))
-    config = sw.SweepConfig(domains=["test_writing", "bug_analysis"], layers=[1, 2], alphas=[0.5, 3.0], max_new_tokens=5)
+    config = sw.SweepConfig(domains=["test_writing", "bug_analysis"], layers=[1, 2], alphas=[0.5, 3.0], max_new_tokens=5, encoder="hashing")
     return SteeringEngine(model, tok), registry, sw.eval_prompts(2), config
 
 
@@ -187,7 +187,7 @@ def test_sweep_resumes_from_items_jsonl(sweep_setup, tmp_path: Path) -> None:
     assert sorted(indices) == [0, 1, 2, 3, 4]  # each item exactly once
     # driver-only settings reuse every item; a setting the workers use starts over
     nothing = StopAfter(LocalExecutor(), 99)
-    sw.run_sweep(engine, registry, config.model_copy(update={"max_rep3": 0.1, "bootstrap": 10}), prompts, executor=nothing, out_dir=out)
+    sw.run_sweep(engine, registry, config.model_copy(update={"max_rep3_delta": 0.3, "encoder": "hashing", "bootstrap": 10}), prompts, executor=nothing, out_dir=out)
     assert nothing.seen == []
     fresh = StopAfter(LocalExecutor(), 99)
     sw.run_sweep(engine, registry, config.model_copy(update={"max_new_tokens": 4}), prompts, executor=fresh, out_dir=out)

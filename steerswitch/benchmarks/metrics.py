@@ -18,6 +18,16 @@ Invariants:
   several parts ("off by one", "assertEqual") matches that run of consecutive parts. Matching is
   case-sensitive by default (the domain keyword lists spell out the cases they mean: "None",
   "Error" and "error"); `keyword_count` counts match positions, so variants never double-count.
+- Semantic domain score (`SemanticScorer`): embed the output with a sentence encoder (the offline
+  all-MiniLM-L6-v2 of the `embeddings` extra; `HashingEncoder` as the deterministic fallback) and
+  take its mean cosine to the domain's reference prompts minus its mean cosine to the neutral
+  reference prompts (both the `extract` split of the shipped prompt sets: held out from every
+  prompt that is steered and scored, which come from the neutral `eval` split). Positive = closer to
+  the domain than to neutral text. An empty output scores 0. Steered and unsteered outputs are
+  scored by the same scorer; keyword hits stay a second, named metric.
+- Fluency bounds (`FluencyBounds`): a steered result is fluent when its mean rep3 <= the
+  unsteered rep3 + 0.1 and its mean surprise <= the unsteered surprise + 1.5 bits/token (the
+  unsteered values on the same prompts); otherwise it is `degenerate`.
 - Standard errors use the sample standard deviation (ddof = 1) / sqrt(n); n < 2 gives se = nan.
   Bootstrap intervals are percentile intervals from a seeded generator, so they are reproducible.
 - The harmonic-mean combiner gives 0 when any score is 0 (a fluent answer that ignores the
@@ -30,10 +40,13 @@ import math
 import random
 import re
 from collections import Counter
-from typing import Any, Callable, Hashable, Iterable, Literal, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Literal, Mapping, Protocol, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import numpy as np
 
 LN2 = math.log(2.0)
 
@@ -181,6 +194,152 @@ def keyword_count(text: str, keywords: Iterable[str], case_sensitive: bool = Tru
             raise ValueError(f"keyword {keyword!r} has no letters or digits to match")
         starts.update(_match_starts(parts, target))
     return len(starts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantic domain score
+# ---------------------------------------------------------------------------------------------
+
+EncoderChoice = Literal["auto", "minilm", "hashing"]
+ENCODER_CHOICES: tuple[str, ...] = ("auto", "minilm", "hashing")
+
+
+def load_encoder(choice: str = "auto") -> Any:
+    """The sentence encoder of the semantic score: "minilm" (all-MiniLM-L6-v2 from the
+    `embeddings` extra; ImportError naming the extra when it is missing), "hashing" (deterministic,
+    no model) or "auto" (MiniLM when installed, else hashing)."""
+    from steerswitch.rag.dense import HashingEncoder, default_encoder
+
+    if choice not in ENCODER_CHOICES:
+        raise ValueError(f"encoder must be one of {', '.join(ENCODER_CHOICES)}, not {choice!r}")
+    if choice == "hashing":
+        return HashingEncoder()
+    try:
+        return default_encoder()
+    except ImportError:
+        if choice == "minilm":
+            raise
+        return HashingEncoder()
+
+
+class SemanticScorer:
+    """score(text, domain) = mean cosine(text, domain references) - mean cosine(text, neutral
+    references), on unit-normalised sentence embeddings (see the module docstring)."""
+
+    def __init__(self, encoder: Any, references: Mapping[str, Sequence[str]], neutral: Sequence[str]) -> None:
+        if not neutral:
+            raise ValueError("SemanticScorer needs at least one neutral reference text")
+        empty = [d for d, refs in references.items() if not refs]
+        if empty:
+            raise ValueError(f"SemanticScorer: no reference texts for {empty}")
+        self.encoder = encoder
+        self.encoder_name = str(getattr(encoder, "name", type(encoder).__name__))
+        self._memo: dict[str, np.ndarray] = {}
+        # mean of unit vectors: its dot product with a unit vector is the mean cosine to the set
+        self._neutral = self.embed(list(neutral)).mean(axis=0)
+        self._domains = {d: self.embed(list(refs)).mean(axis=0) for d, refs in references.items()}
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self._domains)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm embeddings (float32, one row per text); each distinct text is encoded once."""
+        import numpy as np
+
+        from steerswitch.rag.dense import normalize_rows
+
+        todo = sorted({t for t in texts if t not in self._memo})
+        if todo:
+            for text, row in zip(todo, normalize_rows(self.encoder.encode(todo))):
+                self._memo[text] = row
+        if not texts:
+            return np.zeros((0, int(self.encoder.dim)), dtype=np.float32)
+        return np.stack([self._memo[t] for t in texts])
+
+    def score(self, texts: Sequence[str | None], domain: str) -> list[float]:
+        """The semantic score of each text for `domain` (an empty text scores 0)."""
+        if domain not in self._domains:
+            raise KeyError(f"no semantic references for domain {domain!r} (have {', '.join(self._domains) or 'none'})")
+        direction = self._domains[domain] - self._neutral
+        present = [t.strip() for t in texts if t and t.strip()]
+        scores = iter((self.embed(present) @ direction).tolist()) if present else iter(())
+        return [float(next(scores)) if t and t.strip() else 0.0 for t in texts]
+
+
+def reference_prompts(domain: str, set_name: str | None = None) -> list[str] | None:
+    """A domain's semantic references: the `extract` split of its shipped prompt set (`set_name`,
+    default the domain's name), or of a JSONL prompt file at that path; None when there is none."""
+    from pathlib import Path
+
+    from steerswitch.vectors.prompts import PromptSetError, available_prompt_sets, load_prompt_set, read_prompt_file
+
+    name = set_name or domain
+    try:
+        if name in available_prompt_sets():
+            return load_prompt_set(name, "extract") or None
+        if Path(name).suffix == ".jsonl" and Path(name).is_file():
+            return read_prompt_file(name, "extract") or None
+    except PromptSetError:
+        return None
+    return None
+
+
+def semantic_scorer(registry: Any, domains: Sequence[str] | None = None, encoder: Any = "auto") -> SemanticScorer | None:
+    """A scorer for a registry's domains whose prompt sets are known (the entry's `prompts.set`, or
+    a shipped set of the domain's name); None when no domain has references. `encoder`: a choice
+    for `load_encoder` or an encoder object."""
+    from steerswitch.vectors.prompts import NEUTRAL
+
+    refs: dict[str, list[str]] = {}
+    neutral_name = NEUTRAL
+    for domain in domains if domains is not None else registry.domains:
+        ref = registry.entry(domain).prompts
+        texts = reference_prompts(domain, ref.set if ref is not None else None)
+        if texts:
+            refs[domain] = texts
+            if ref is not None and ref.neutral:
+                neutral_name = ref.neutral
+    neutral = reference_prompts(NEUTRAL, neutral_name) or reference_prompts(NEUTRAL)
+    if not refs or not neutral:
+        return None
+    return SemanticScorer(load_encoder(encoder) if isinstance(encoder, str) else encoder, refs, neutral)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fluency bounds
+# ---------------------------------------------------------------------------------------------
+
+
+class FluencyCheck(BaseModel):
+    fluent: bool
+    reasons: list[str] = Field(default_factory=list)
+
+    @property
+    def degenerate(self) -> bool:
+        return not self.fluent
+
+
+class FluencyBounds(BaseModel):
+    """How far a steered result may drift from the unsteered one on the same prompts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_rep3_delta: float = Field(default=0.1, ge=0)  # mean rep3 above the unsteered mean rep3
+    max_surprise_delta: float = Field(default=1.5, ge=0)  # bits/token above the unsteered mean surprise
+
+    def check(self, rep3: float | None, surprise: float | None, control_rep3: float | None, control_surprise: float | None) -> FluencyCheck:
+        """Fluent or degenerate, with the bound(s) broken. A missing steered rep3 is degenerate
+        (nothing to judge); a missing surprise (no generated token) skips that bound."""
+        reasons: list[str] = []
+        if rep3 is None or math.isnan(rep3):
+            reasons.append("no rep3")
+        elif rep3 > (control_rep3 or 0.0) + self.max_rep3_delta + 1e-12:
+            reasons.append(f"rep3 {rep3:.2f} > unsteered {control_rep3 or 0.0:.2f} + {self.max_rep3_delta:g}")
+        if surprise is not None and control_surprise is not None and not math.isnan(surprise) and not math.isnan(control_surprise):
+            if surprise > control_surprise + self.max_surprise_delta + 1e-12:
+                reasons.append(f"surprise {surprise:.2f} > unsteered {control_surprise:.2f} + {self.max_surprise_delta:g} bits")
+        return FluencyCheck(fluent=not reasons, reasons=reasons)
 
 
 # ---------------------------------------------------------------------------------------------

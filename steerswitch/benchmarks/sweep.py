@@ -24,15 +24,21 @@ Invariants:
 - Metrics per row (see `metrics`): KL(steered || unsteered) in bits at the first generated token
   and averaged over generated positions, both from one steered and one unsteered teacher-forced
   forward over the steered continuation; surprise (bits/token of the steered text under the
-  unsteered model); rep3; distinct-2; and, in the driver, change vs the control output and
-  keyword hits with the domain's registry keywords (the same scorer for steered and control rows).
+  unsteered model); rep3; distinct-2; and, in the driver, change vs the control output, the
+  semantic domain score (`metrics.SemanticScorer`: embedding cosine to the domain's reference
+  prompts minus cosine to the neutral ones) and keyword hits with the domain's registry keywords
+  (the same scorers for steered and control rows).
 - Optional, per row: sampling diversity (unique responses among k temperature samples; these
   depend on the batch layout, unlike the greedy metrics) and judged scores from any judge callable
   (concept = the domain's registry description), aggregated as their harmonic mean.
-- Best (layer, alpha) per domain: the highest mean keyword hits among non-zero-alpha cells that are
-  fluent: mean rep3 <= `max_rep3` and mean surprise <= control surprise + `max_surprise_delta`.
-  Ties go to the smaller |alpha|. It is written back to the registry only when asked and only when
-  it beats the control's keyword score.
+- Fluency binds (`metrics.FluencyBounds`): a cell whose mean rep3 exceeds the control's + 
+  `max_rep3_delta` (0.1) or whose mean surprise exceeds the control's + `max_surprise_delta` (1.5
+  bits/token) is `degenerate`. A degenerate cell is never chosen and `write_best` refuses to write
+  one into a registry.
+- Best (layer, alpha) per domain: the highest mean semantic score among the non-zero-alpha fluent
+  cells (keyword hits when no domain reference prompts are known). Ties go to the smaller |alpha|.
+  It is written back to the registry only when asked and only when it beats the control (paired
+  difference > 0).
 """
 
 from __future__ import annotations
@@ -60,10 +66,14 @@ from steerswitch.benchmarks.executor import (
 )
 
 from steerswitch.benchmarks.metrics import (
+    ENCODER_CHOICES,
+    FluencyBounds,
+    SemanticScorer,
     Summary,
     distinct_n,
     first_divergence,
     judge_response,
+    semantic_scorer,
     keyword_count,
     keyword_hits,
     kl_stats,
@@ -138,8 +148,9 @@ class SweepConfig(BaseModel):
     repetition_penalty: float | None = None
     batch_size: int | None = Field(default=None, ge=1)  # rows per generate call (None: the whole item)
     seed: int = 0
-    max_rep3: float = 0.5
-    max_surprise_delta: float = 3.0  # bits/token above the control
+    max_rep3_delta: float = Field(default=0.1, ge=0)  # fluency: mean rep3 at most the control's + this
+    max_surprise_delta: float = Field(default=1.5, ge=0)  # fluency: bits/token above the control
+    encoder: str = "auto"  # the semantic score's sentence encoder (metrics.load_encoder)
     bootstrap: int = 0  # bootstrap resamples for confidence intervals (0: standard errors only)
     diversity_samples: int = Field(default=0, ge=0)  # k sampled responses per prompt and cell (0: skip)
     temperature: float = Field(default=1.0, gt=0)  # for the diversity samples
@@ -155,6 +166,17 @@ class SweepConfig(BaseModel):
         if not out:
             raise ValueError("alphas: give at least one non-zero alpha (alpha = 0 is always added as the control)")
         return out
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder(cls, encoder: str) -> str:
+        if encoder not in ENCODER_CHOICES:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODER_CHOICES)}, not {encoder!r}")
+        return encoder
+
+    @property
+    def bounds(self) -> FluencyBounds:
+        return FluencyBounds(max_rep3_delta=self.max_rep3_delta, max_surprise_delta=self.max_surprise_delta)
 
     def grid_alphas(self) -> list[float]:
         """The alphas of a table row: the control 0 and the swept alphas, in order."""
@@ -195,6 +217,7 @@ class RowResult(BaseModel):
     first_divergence: int | None = None
     keyword_hits: dict[str, int] = Field(default_factory=dict)
     keyword_count: int | None = None
+    semantic: float | None = None  # semantic domain score (None: no references for the domain)
     judge: dict[str, float] | None = None  # concept / instruction / fluency (0..2) and combined
 
 
@@ -326,7 +349,7 @@ class SweepIncompleteError(RuntimeError):
 
 
 ITEMS_FILE = "items.jsonl"
-_DRIVER_ONLY = {"bootstrap", "max_rep3", "max_surprise_delta", "judge"}  # used after the items, in the driver
+_DRIVER_ONLY = {"bootstrap", "max_rep3_delta", "max_surprise_delta", "encoder", "judge"}  # used after the items, in the driver
 
 
 def items_fingerprint(config: SweepConfig, prompts: Sequence[str], layers: dict[str, list[int]], vectors: dict[str, Any]) -> str:
@@ -377,9 +400,20 @@ class CellAggregate(BaseModel):
     distinct2: Summary
     keyword_count: Summary
     keyword_delta: Summary  # paired by prompt: keyword hits minus the control's
+    semantic: Summary = Field(default_factory=lambda: Summary(n=0, mean=None, se=None))
+    semantic_delta: Summary = Field(default_factory=lambda: Summary(n=0, mean=None, se=None))  # paired vs the control
     diversity: Summary = Field(default_factory=lambda: Summary(n=0, mean=None, se=None))
     judge: Summary = Field(default_factory=lambda: Summary(n=0, mean=None, se=None))  # combined judged score, when a judge ran
     fluent: bool
+    fluency_reasons: list[str] = Field(default_factory=list)  # the bounds a degenerate cell breaks
+
+    @property
+    def degenerate(self) -> bool:
+        return not self.fluent
+
+
+class DegenerateCellError(ValueError):
+    """A cell outside the fluency bounds was about to be written into a registry."""
 
 
 class BestChoice(BaseModel):
@@ -391,6 +425,11 @@ class BestChoice(BaseModel):
     control_keyword_count: float | None
     beats_control: bool
     reason: str
+    metric: Literal["semantic", "keywords"] = "keywords"  # what chose the cell
+    semantic: float | None = None
+    control_semantic: float | None = None
+    semantic_delta: float | None = None  # paired vs the control, with its standard error
+    semantic_delta_se: float | None = None
 
 
 class SweepResult(BaseModel):
@@ -403,6 +442,7 @@ class SweepResult(BaseModel):
     seconds: float
     item_seconds: list[float]
     resumed: int = 0  # items read back from items.jsonl instead of run
+    encoder: str | None = None  # the semantic score's encoder (None: no semantic score)
 
     def cell(self, domain: str, layer: int, alpha: float) -> CellAggregate:
         for agg in self.aggregates:
@@ -438,7 +478,10 @@ def resolve_layers(config: SweepConfig, vectors: dict[str, Any], num_layers: int
     return out
 
 
-def _aggregate(config: SweepConfig, rows: list[RowResult], control: dict[int, RowResult], keywords: dict[str, list[str]], layers: dict[str, list[int]]) -> list[CellAggregate]:
+def _aggregate(
+    config: SweepConfig, rows: list[RowResult], control: dict[int, RowResult], keywords: dict[str, list[str]], layers: dict[str, list[int]],
+    scorer: SemanticScorer | None = None,
+) -> list[CellAggregate]:
     by_cell: dict[tuple[str, int, float], list[RowResult]] = {}
     for row in rows:
         if row.domain is not None:
@@ -448,16 +491,23 @@ def _aggregate(config: SweepConfig, rows: list[RowResult], control: dict[int, Ro
     for domain in config.domains:
         # The control rows scored with this domain's keywords (the same scorer as steered rows).
         ctrl_rows = [
-            control[i].model_copy(update={**_keyword_fields(control[i].text or "", keywords[domain]), "judge": _judge_for(control[i].judge, domain)})
+            control[i].model_copy(update={
+                **_keyword_fields(control[i].text or "", keywords[domain]), "judge": _judge_for(control[i].judge, domain),
+                "semantic": _semantic(scorer, control[i].text, domain),
+            })
             for i in sorted(control)
         ]
         ctrl_kw = {r.prompt_index: r.keyword_count for r in ctrl_rows}
+        ctrl_sem = {r.prompt_index: r.semantic for r in ctrl_rows}
         ctrl_surprise = summarize([r.surprise for r in ctrl_rows]).mean
+        ctrl_rep3 = summarize([r.rep3 for r in ctrl_rows]).mean
         for layer in layers[domain]:
             for alpha in config.grid_alphas():
                 cell_rows = ctrl_rows if alpha == 0 else sorted(by_cell.get((domain, layer, alpha), []), key=lambda r: r.prompt_index)
                 kw = [r.keyword_count for r in cell_rows]
                 delta = paired_differences(kw, [ctrl_kw[r.prompt_index] for r in cell_rows])
+                sem = [r.semantic for r in cell_rows]
+                sem_delta = paired_differences(sem, [ctrl_sem[r.prompt_index] for r in cell_rows])
                 agg = CellAggregate(
                     domain=domain, layer=layer, alpha=alpha, n=len(cell_rows),
                     change_rate=summarize([float(bool(r.changed)) for r in cell_rows], b, seed=seed),
@@ -468,11 +518,17 @@ def _aggregate(config: SweepConfig, rows: list[RowResult], control: dict[int, Ro
                     distinct2=summarize([r.distinct2 for r in cell_rows], b, seed=seed),
                     keyword_count=summarize(kw, b, seed=seed),
                     keyword_delta=summarize(delta, b, seed=seed),
+                    semantic=summarize(sem, b, seed=seed),
+                    semantic_delta=summarize(sem_delta, b, seed=seed),
                     diversity=summarize([r.diversity for r in cell_rows], b, seed=seed),
                     judge=summarize([r.judge["combined"] if r.judge else None for r in cell_rows], b, seed=seed),
                     fluent=False,
                 )
-                agg.fluent = _fluent(config, agg, ctrl_surprise)
+                check = config.bounds.check(agg.rep3.mean, agg.surprise.mean, ctrl_rep3, ctrl_surprise)
+                agg.fluent, agg.fluency_reasons = check.fluent, check.reasons
+                if alpha != 0 and cell_rows and all(not (r.text or "").strip() for r in cell_rows):
+                    # empty text has rep3 0 and no surprise, so the bounds alone would call it fluent
+                    agg.fluent, agg.fluency_reasons = False, [*agg.fluency_reasons, "every output is empty"]
                 out.append(agg)
     return out
 
@@ -501,12 +557,10 @@ def _judge_for(judged: dict[str, float] | None, domain: str) -> dict[str, float]
     return {k[len(prefix):]: v for k, v in judged.items() if k.startswith(prefix)}
 
 
-def _fluent(config: SweepConfig, agg: CellAggregate, control_surprise: float | None) -> bool:
-    if agg.rep3.mean is None or agg.rep3.mean > config.max_rep3:
-        return False
-    if agg.surprise.mean is not None and control_surprise is not None and agg.surprise.mean > control_surprise + config.max_surprise_delta:
-        return False
-    return True
+def _semantic(scorer: SemanticScorer | None, text: str | None, domain: str) -> float | None:
+    if scorer is None or domain not in scorer.domains:
+        return None
+    return scorer.score([text], domain)[0]
 
 
 def _keyword_fields(text: str, keywords: list[str]) -> dict[str, Any]:
@@ -515,25 +569,37 @@ def _keyword_fields(text: str, keywords: list[str]) -> dict[str, Any]:
 
 
 def choose_best(config: SweepConfig, aggregates: list[CellAggregate]) -> dict[str, BestChoice]:
+    """Per domain, the fluent non-zero-alpha cell with the best semantic score (keyword hits when
+    the domain has no semantic score); ties to the smaller |alpha|. Degenerate cells never win."""
     best: dict[str, BestChoice] = {}
     for domain in config.domains:
         cells = [a for a in aggregates if a.domain == domain]
         control = next(a for a in cells if a.alpha == 0)
         control_kw = control.keyword_count.mean
-        candidates = [a for a in cells if a.alpha != 0 and a.fluent and a.keyword_count.mean is not None]
+        semantic = control.semantic.mean is not None
+        metric: Literal["semantic", "keywords"] = "semantic" if semantic else "keywords"
+
+        def score(a: CellAggregate) -> float | None:
+            return a.semantic.mean if semantic else a.keyword_count.mean
+
+        candidates = [a for a in cells if a.alpha != 0 and a.fluent and score(a) is not None]
         if not candidates:
             best[domain] = BestChoice(
                 domain=domain, layer=None, alpha=None, alpha_units=config.alpha_units, keyword_count=None,
-                control_keyword_count=control_kw, beats_control=False,
-                reason=f"no cell is fluent (rep3 <= {config.max_rep3}, surprise <= control + {config.max_surprise_delta} bits)",
+                control_keyword_count=control_kw, beats_control=False, metric=metric, control_semantic=control.semantic.mean,
+                reason=f"every cell is degenerate (rep3 > control + {config.max_rep3_delta:g} or surprise > control + {config.max_surprise_delta:g} bits)",
             )
             continue
-        top = max(candidates, key=lambda a: (a.keyword_count.mean, -abs(a.alpha)))
-        beats = control_kw is not None and top.keyword_count.mean is not None and top.keyword_count.mean > control_kw
+        top = max(candidates, key=lambda a: (score(a), -abs(a.alpha)))
+        delta = top.semantic_delta if semantic else top.keyword_delta
+        beats = delta.mean is not None and delta.mean > 0
+        label = "semantic score" if semantic else "keyword hits"
         best[domain] = BestChoice(
             domain=domain, layer=top.layer, alpha=top.alpha, alpha_units=config.alpha_units,
-            keyword_count=top.keyword_count.mean, control_keyword_count=control_kw, beats_control=beats,
-            reason="most keyword hits among fluent cells" + ("" if beats else " (not above the control)"),
+            keyword_count=top.keyword_count.mean, control_keyword_count=control_kw, beats_control=beats, metric=metric,
+            semantic=top.semantic.mean, control_semantic=control.semantic.mean,
+            semantic_delta=top.semantic_delta.mean, semantic_delta_se=top.semantic_delta.se,
+            reason=f"best {label} among fluent cells" + ("" if beats else " (not above the control)"),
         )
     return best
 
@@ -548,6 +614,7 @@ def run_sweep(
     judge: Callable[..., float] | None = None,
     out_dir: str | Path | None = None,
     device: str | None = None,
+    scorer: SemanticScorer | None = None,
 ) -> SweepResult:
     """Plan the grid, hand items to the executor, combine the results (driver only).
 
@@ -555,7 +622,8 @@ def run_sweep(
     rates every row in the driver; the concept is the domain's registry description (or name).
     `engine` None: the workers load `config.model` / `config.registry` themselves (on `device`),
     e.g. on Ray actors; the in-process executor then loads it once in this process.
-    `out_dir`: log item results to `out_dir/items.jsonl` and resume from it (module docstring)."""
+    `out_dir`: log item results to `out_dir/items.jsonl` and resume from it (module docstring).
+    `scorer`: the semantic scorer (default: built from the registry's prompt sets with `config.encoder`)."""
     if not prompts:
         raise ValueError("the sweep needs at least one prompt")
     domains = config.domains or list(registry.domains)
@@ -624,11 +692,15 @@ def run_sweep(
     if judge is not None:
         rows = _judge_rows(judge, rows, prompts, registry, domains)
     control = {r.prompt_index: r for r in rows if r.domain is None}
-    aggregates = _aggregate(config, rows, control, keywords, layers)
+    if scorer is None:
+        scorer = semantic_scorer(registry, domains, config.encoder)
+    rows = [r.model_copy(update={"semantic": _semantic(scorer, r.text, r.domain)}) if r.domain is not None else r for r in rows]
+    aggregates = _aggregate(config, rows, control, keywords, layers, scorer)
     best = choose_best(config, aggregates)
     return SweepResult(
         config=config, prompts=list(prompts), layers=layers, rows=rows, aggregates=aggregates, best=best,
         seconds=time.perf_counter() - started, item_seconds=[r.seconds for r in results], resumed=len(done),
+        encoder=scorer.encoder_name if scorer is not None else None,
     )
 
 
@@ -648,6 +720,7 @@ def to_json(result: SweepResult, env: dict[str, Any]) -> dict[str, Any]:
         "results": [r.model_dump() for r in result.rows],
         "aggregates": [a.model_dump() for a in result.aggregates],
         "best": {k: v.model_dump() for k, v in result.best.items()},
+        "encoder": result.encoder,
         "seconds": result.seconds,
         "item_seconds": result.item_seconds,
     }
@@ -666,18 +739,22 @@ def tables(result: SweepResult) -> list[Any]:
         table = Table(title=f"sweep: {domain} (alpha {units}, n = {len(result.prompts)} prompts, mean±se)")
         extra = [("div", "diversity")] if result.config.diversity_samples else []
         extra += [("judge", "judge")] if result.config.judge else []
-        for col in ("layer", "alpha", "chg", "KL1", "KL", "surp", "rep3", "kw", "Δkw", *(c for c, _ in extra), "ok"):
+        for col in ("layer", "alpha", "chg", "KL1", "KL", "surp", "rep3", "sem", "Δsem", "kw", "Δkw", *(c for c, _ in extra), "ok"):
             table.add_column(col, justify="right" if col != "ok" else "center", overflow="fold")
         for agg in (a for a in result.aggregates if a.domain == domain):
             mark = "*" if best.layer == agg.layer and best.alpha == agg.alpha else ""
             table.add_row(
                 str(agg.layer), f"{agg.alpha:g}{mark}", fmt(agg.change_rate, 0, percent=True, compact=True), fmt(agg.kl_first, compact=True),
-                fmt(agg.kl_mean, compact=True), fmt(agg.surprise, compact=True), fmt(agg.rep3, compact=True), fmt(agg.keyword_count, compact=True),
-                fmt(agg.keyword_delta, compact=True), *(fmt(getattr(agg, key), compact=True) for _, key in extra), "yes" if agg.fluent else "no",
+                fmt(agg.kl_mean, compact=True), fmt(agg.surprise, compact=True), fmt(agg.rep3, compact=True),
+                fmt(agg.semantic, compact=True), fmt(agg.semantic_delta, compact=True), fmt(agg.keyword_count, compact=True),
+                fmt(agg.keyword_delta, compact=True), *(fmt(getattr(agg, key), compact=True) for _, key in extra),
+                "yes" if agg.fluent else "degenerate",
             )
         legend = (
             "chg: outputs changed vs alpha 0; KL1 / KL: KL(steered||unsteered) in bits, first token / mean over tokens; "
-            "surp: bits/token under the unsteered model; kw: keyword hits; Δkw: paired vs alpha 0; ok: fluent"
+            f"surp: bits/token under the unsteered model; sem: semantic domain score ({result.encoder or 'none'}); "
+            f"kw: keyword hits; Δ: paired vs alpha 0; ok: fluent (rep3 <= alpha 0 + {result.config.max_rep3_delta:g}, "
+            f"surp <= alpha 0 + {result.config.max_surprise_delta:g}) or degenerate"
             + ("; div: unique responses among k samples" if result.config.diversity_samples else "")
             + ("; judge: harmonic mean of judged concept / instruction / fluency (0-2)" if result.config.judge else "")
         )
@@ -687,11 +764,11 @@ def tables(result: SweepResult) -> list[Any]:
     return out
 
 
-HEATMAP_METRICS = (("change rate", "change_rate"), ("KL mean (bits)", "kl_mean"), ("keyword hits", "keyword_count"), ("rep3", "rep3"))
+HEATMAP_METRICS = (("semantic score", "semantic"), ("KL mean (bits)", "kl_mean"), ("keyword hits", "keyword_count"), ("rep3", "rep3"))
 
 
 def heatmaps(result: SweepResult, out_dir: str | Path) -> list[Path]:
-    """One PNG per domain: change rate, KL, keyword score and rep3 over layer x alpha."""
+    """One PNG per domain: semantic score, KL, keyword score and rep3 over layer x alpha."""
     from steerswitch.benchmarks.report import heatmap_grid
 
     paths = []
@@ -714,11 +791,18 @@ def heatmaps(result: SweepResult, out_dir: str | Path) -> list[Path]:
 
 def write_best(registry: Any, result: SweepResult, path: str | Path) -> tuple[Any, list[str]]:
     """Write each domain's best (layer, alpha) that beats the control into the registry at `path`.
-    Returns the new registry and the domains changed."""
+    Returns the new registry and the domains changed. A degenerate cell is refused
+    (`DegenerateCellError`, nothing written), whatever put it in `result.best`."""
     changed: list[str] = []
     for domain, best in result.best.items():
         if best.layer is None or best.alpha is None or not best.beats_control:
             continue
+        cell = result.cell(domain, best.layer, best.alpha)
+        if cell.degenerate:
+            raise DegenerateCellError(
+                f"{domain}: layer {best.layer}, alpha {best.alpha:g} is degenerate ({'; '.join(cell.fluency_reasons)}); "
+                "a registry never gets a cell outside the fluency bounds"
+            )
         registry = registry.with_updates(domain, layer=best.layer, alpha=best.alpha, alpha_units=best.alpha_units)
         changed.append(domain)
     if changed:
