@@ -38,3 +38,38 @@ def serve_cmd(
         raise bad_parameter(e, "--model") from None
     typer.echo(f"Steering Arena on http://{'[' + host + ']' if ':' in host else host}:{port}/  (Ctrl+C to stop)")
     server.run()
+
+
+@app.command("serve-openai")
+def serve_openai_cmd(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="hub id, local dir, or the shipped tiny-coder"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help="vector registry YAML (default: the model's registry.yaml, if any)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="bind address; loopback by default (anything else exposes the model)"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="STEERSWITCH_API_KEY", help="require 'Authorization: Bearer KEY'"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="most new tokens a request may ask for (and the default)"),
+    max_prompt_tokens: int = typer.Option(4096, "--max-prompt-tokens", min=1),
+    max_pending: int = typer.Option(16, "--max-pending", min=1, help="requests queued or running before 429"),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """An OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions) with per-request
+    steering: model 'MODEL:DOMAIN[@SCALE][+DOMAIN...]' or the body field 'steer'."""
+    from steerswitch.serve_openai import OpenAILimits, build_server
+    from steerswitch.session import Session
+    from steerswitch.vectors.registry import RegistryError
+
+    if registry is not None and not registry.is_file():
+        raise typer.BadParameter(f"{registry}: no such file", param_hint="--registry")
+    try:
+        session = Session.load(model, registry if registry is not None else "auto", device=device)
+    except RegistryError as e:
+        raise bad_parameter(e, "--registry") from None
+    except (FileNotFoundError, OSError) as e:
+        raise bad_parameter(e, "--model") from None
+    limits = OpenAILimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_pending=max_pending)
+    server = build_server(session, host=host, port=port, api_key=api_key, limits=limits, log_level=log_level)
+    shown = f"{'[' + host + ']' if ':' in host else host}:{port}"
+    domains = ", ".join(session.registry.domains) if session.registry is not None else "none (no registry)"
+    typer.echo(f"OpenAI-compatible API on http://{shown}/v1  model {session.name!r}, steerable domains: {domains}  (Ctrl+C to stop)")
+    server.run()
