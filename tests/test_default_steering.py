@@ -71,3 +71,12 @@ def test_demo_command_prints_every_domain() -> None:
     assert result.exit_code == 0, result.output
     for domain in DOMAINS:
         assert domain in result.output
+
+
+def test_semantic_score_is_paired_against_the_same_scorer(demo_runs) -> None:
+    steered, control = demo_runs
+    assert steered.encoder is not None and control.encoder == steered.encoder
+    for s in control.summaries:  # alpha = 0: the steered rows are the unsteered rows
+        assert s.semantic_diff == pytest.approx(0.0, abs=1e-9) and s.semantic_steered == pytest.approx(s.semantic_unsteered)
+        assert not s.degenerate
+    assert any(s.semantic_diff is not None and s.semantic_diff > 0 for s in steered.summaries)

@@ -2,8 +2,10 @@
 
 Invariants:
 - Every row of one prompt (the unsteered control and each domain) runs in ONE per-row batch,
-  with the same generation settings, and every domain's row and the control are scored with
-  that domain's keyword list (word-boundary matching), paired by prompt.
+  with the same generation settings, and every domain's row and the control are scored the same
+  way, paired by prompt: the semantic domain score (`metrics.SemanticScorer`, the first metric)
+  and that domain's keyword list (word-boundary matching, the second).
+- A domain whose steered rep3 exceeds the unsteered rep3 + 0.1 is flagged degenerate.
 - The summary covers every held-out neutral prompt (the `eval` split: used neither to extract
   the vectors nor to choose their layer and alpha), with n and standard errors.
 """
@@ -14,7 +16,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from steerswitch.benchmarks.metrics import keyword_count, mean_se, paired_differences, rep_n
+from steerswitch.benchmarks.metrics import FluencyBounds, keyword_count, mean_se, paired_differences, rep_n, semantic_scorer
 from steerswitch.engine import SteeringEngine
 
 
@@ -33,6 +35,12 @@ class DomainSummary(BaseModel):
     hits_diff: float  # paired steered - unsteered
     hits_diff_se: float
     rep3_steered: float
+    rep3_unsteered: float = 0.0
+    semantic_steered: float | None = None  # mean semantic domain score (None: no reference prompts)
+    semantic_unsteered: float | None = None
+    semantic_diff: float | None = None  # paired steered - unsteered
+    semantic_diff_se: float | None = None
+    degenerate: list[str] = []  # the fluency bounds broken (empty: fluent)
 
 
 class DemoResult(BaseModel):
@@ -42,6 +50,7 @@ class DemoResult(BaseModel):
     prompts: list[str]
     outputs: dict[str, list[str]]  # variant ("unsteered" or domain) -> text per prompt
     summaries: list[DomainSummary]
+    encoder: str | None = None  # the semantic score's sentence encoder
 
 
 def run_demo(
@@ -55,6 +64,7 @@ def run_demo(
     batch_prompts: int = 8,
     scale: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
+    encoder: Any = "auto",
 ) -> DemoResult:
     """Generate every prompt unsteered and under each domain (one per-row batch per prompt chunk)."""
     domains = list(registry.domains)
@@ -74,6 +84,8 @@ def run_demo(
         if progress is not None:
             progress(min(start + batch_prompts, len(prompts)), len(prompts))
     summaries = []
+    scorer = semantic_scorer(registry, domains, encoder)
+    rep3_control = sum(rep_n(t, 3) for t in tokens["unsteered"]) / len(tokens["unsteered"])
     for domain in domains:
         keywords = registry.keywords(domain)
         steered = [float(keyword_count(t, keywords)) for t in outputs[domain]]
@@ -82,6 +94,12 @@ def run_demo(
         c_mean, c_se = mean_se(control)
         d_mean, d_se = mean_se(paired_differences(steered, control))
         entry = registry.entry(domain)
+        rep3 = sum(rep_n(t, 3) for t in tokens[domain]) / len(tokens[domain])
+        sem: dict[str, Any] = {}
+        if scorer is not None and domain in scorer.domains:
+            sem_s, sem_c = scorer.score(outputs[domain], domain), scorer.score(outputs["unsteered"], domain)
+            diff, diff_se = mean_se(paired_differences(sem_s, sem_c))
+            sem = dict(semantic_steered=mean_se(sem_s)[0], semantic_unsteered=mean_se(sem_c)[0], semantic_diff=diff, semantic_diff_se=diff_se)
         summaries.append(
             DomainSummary(
                 domain=domain, layer=entry.layer, alpha=entry.alpha * scale, alpha_units=entry.alpha_units, n=len(prompts),
@@ -89,12 +107,13 @@ def run_demo(
                 hit_rate_unsteered=sum(h > 0 for h in control) / len(control),
                 hits_steered=s_mean, hits_steered_se=s_se, hits_unsteered=c_mean, hits_unsteered_se=c_se,
                 hits_diff=d_mean, hits_diff_se=d_se,
-                rep3_steered=sum(rep_n(t, 3) for t in tokens[domain]) / len(tokens[domain]),
+                rep3_steered=rep3, rep3_unsteered=rep3_control,
+                degenerate=FluencyBounds().check(rep3, None, rep3_control, None).reasons, **sem,
             )
         )
     return DemoResult(
         model=model_name, registry=registry_path, max_new_tokens=max_new_tokens, prompts=prompts,
-        outputs=outputs, summaries=summaries,
+        outputs=outputs, summaries=summaries, encoder=scorer.encoder_name if scorer is not None else None,
     )
 
 
@@ -113,25 +132,33 @@ def render(result: DemoResult, show: int = 3) -> list[Any]:
             table.add_column(variant if s is None else f"{variant}\nL{s.layer} alpha={s.alpha:g} ({s.alpha_units})", overflow="fold")
         table.add_row(*[Text(result.outputs[v][i].strip()[:300]) for v in variants])
         pieces.append(table)
-    summary = Table(title=f"keyword hits over {len(result.prompts)} held-out neutral prompts (paired by prompt, mean ± SE)")
-    for col in ("domain", "layer", "alpha", "hit rate steered", "hit rate unsteered", "hits steered", "hits unsteered", "diff", "rep3"):
+    summary = Table(title=f"steered vs unsteered over {len(result.prompts)} held-out neutral prompts (paired by prompt, mean ± SE)",
+                    caption=f"semantic: cosine to the domain's prompts minus cosine to neutral ones ({result.encoder or 'none'}); "
+                            "kw: keyword hits per output")
+    for col in ("domain", "layer", "alpha", "semantic diff", "kw steered", "kw unsteered", "kw diff", "rep3 (unsteered)", "fluent"):
         summary.add_column(col, justify="right" if col != "domain" else "left")
     for s in result.summaries:
+        sem = "-" if s.semantic_diff is None else f"{s.semantic_diff:+.3f} ± {s.semantic_diff_se or 0:.3f}"
         summary.add_row(
-            s.domain, str(s.layer), f"{s.alpha:g} {s.alpha_units[:3]}", f"{s.hit_rate_steered:.0%}", f"{s.hit_rate_unsteered:.0%}",
+            s.domain, str(s.layer), f"{s.alpha:g} {s.alpha_units[:3]}", sem,
             f"{s.hits_steered:.2f} ± {s.hits_steered_se:.2f}", f"{s.hits_unsteered:.2f} ± {s.hits_unsteered_se:.2f}",
-            f"{s.hits_diff:+.2f} ± {s.hits_diff_se:.2f}", f"{s.rep3_steered:.2f}",
+            f"{s.hits_diff:+.2f} ± {s.hits_diff_se:.2f}", f"{s.rep3_steered:.2f} ({s.rep3_unsteered:.2f})",
+            "yes" if not s.degenerate else "degenerate",
         )
     pieces.append(summary)
     return pieces
 
 
 def summary_lines(result: DemoResult) -> list[str]:
-    return [
-        f"{s.domain}: keyword hit rate {s.hit_rate_steered:.0%} steered vs {s.hit_rate_unsteered:.0%} unsteered "
-        f"(hits/output {s.hits_steered:.2f} vs {s.hits_unsteered:.2f}, paired diff {s.hits_diff:+.2f} ± {s.hits_diff_se:.2f}, n={s.n})"
-        for s in result.summaries
-    ]
+    lines = []
+    for s in result.summaries:
+        sem = "" if s.semantic_diff is None else f"semantic score {s.semantic_diff:+.3f} ± {s.semantic_diff_se or 0:.3f} vs unsteered; "
+        flag = "" if not s.degenerate else f" DEGENERATE ({'; '.join(s.degenerate)})"
+        lines.append(
+            f"{s.domain}: {sem}keyword hit rate {s.hit_rate_steered:.0%} steered vs {s.hit_rate_unsteered:.0%} unsteered "
+            f"(hits/output {s.hits_steered:.2f} vs {s.hits_unsteered:.2f}, paired diff {s.hits_diff:+.2f} ± {s.hits_diff_se:.2f}, n={s.n}){flag}"
+        )
+    return lines
 
 
 def default_prompts(n: int | None = None) -> list[str]:
