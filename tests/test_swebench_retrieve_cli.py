@@ -39,6 +39,10 @@ def test_signals_seconds_and_reuse(world: dict[str, Path], tmp_path: Path) -> No
     assert [r["first_of_repo"] for r in rows] == [True] + [False] * (len(rows) - 1)
     assert all(r["retrieval_seconds"] > 0 for r in rows) and d["seconds_mean"] > 0
     assert "s/instance" in res.output
+    cmp = _invoke("swebench", "retrieve", "--dataset", world["data"], "--repos-dir", world["repos"], "--cache-dir",
+                  tmp_path / "c", "--compare-cold", "--json", tmp_path / "cmp.json")
+    assert cmp.exit_code == 0, cmp.output
+    assert "x faster" in cmp.output and json.loads((tmp_path / "cmp.json").read_text())["seconds_cold_mean"] > 0
     assert set(d["per_repo"]) == {"acme/calc"} and d["per_repo"]["acme/calc"]["n"] == len(rows)
     bad = _invoke("swebench", "retrieve", "--dataset", world["data"], "--repos-dir", world["repos"], "--signals", "file,bogus")
     assert bad.exit_code != 0 and "bogus" in bad.output
