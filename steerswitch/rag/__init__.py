@@ -1,6 +1,8 @@
 """Retrieval over repositories: git access at a commit, chunking, BM25 + dense indexes, context packing.
 
 Modules: ``repo`` (RepoCache: blobs at a commit, disposable worktrees), ``chunk`` (AST-aware chunks),
+``corpus`` (CorpusCache: analysed files keyed by blob sha, reused across commits), ``signals``
+(issue-text file signals: mentions, definitions, named tests),
 ``tokens`` (code-aware tokens), ``bm25`` (bm25s wrapper), ``dense`` (encoders, embedding cache,
 FAISS), ``retriever`` (Retriever: search chunks, rank files), ``pack`` (fit chunks to a token budget).
 Names are exported lazily so importing one module (e.g. ``rag.repo``) does not load FAISS or bm25s.
@@ -19,7 +21,10 @@ _EXPORTS = {
     "BM25Index": "bm25",
     "Encoder": "dense", "HashingEncoder": "dense", "TransformerEncoder": "dense", "default_encoder": "dense",
     "EmbeddingCache": "dense", "DenseIndex": "dense",
-    "Retriever": "retriever", "RetrieverConfig": "retriever", "ScoredChunk": "retriever", "is_test_path": "retriever",
+    "CorpusCache": "corpus", "FileRecord": "corpus",
+    "PathIndex": "signals", "DefinitionIndex": "signals", "mentioned_files": "signals", "issue_identifiers": "signals",
+    "named_test_sources": "signals",
+    "Retriever": "retriever", "fuse_rankings": "retriever", "shared_corpus": "retriever", "RetrieverConfig": "retriever", "ScoredChunk": "retriever", "is_test_path": "retriever",
     "rrf": "retriever",
     "PackedContext": "pack", "pack_context": "pack", "render_block": "pack", "count_tokens": "pack",
 }
