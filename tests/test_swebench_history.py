@@ -81,3 +81,10 @@ def test_mine_history_cli_output_loads_as_instances(history: tuple[RepoCache, di
     bad = CliRunner().invoke(app, ["swebench", "mine-history", "--out", str(out), "--repo", "o/none", "--repos-dir",
                                    str(tmp_path / "repos")])
     assert bad.exit_code != 0 and "o/none" in bad.output
+
+
+def test_max_files_must_be_positive(history: tuple[RepoCache, dict[str, str]]) -> None:
+    from steerswitch.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match="max_files"):
+        mine_history(history[0], "o/lib", max_files=0)

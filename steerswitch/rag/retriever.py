@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from steerswitch.errors import ArgumentError
 from steerswitch.rag.bm25 import BM25Index
 from steerswitch.rag.chunk import Chunk
 from steerswitch.rag.corpus import CorpusCache, FileRecord, analyse_file, python_imports
@@ -224,8 +225,8 @@ class Retriever:
         cfg = config or RetrieverConfig()
         corpus = corpus if corpus is not None else shared_corpus(cfg)
         if (corpus.max_lines, corpus.max_chars) != (cfg.max_lines, cfg.max_chars):
-            raise ValueError(f"corpus cache chunks with max_lines={corpus.max_lines}, max_chars={corpus.max_chars}; "
-                             f"the config asks for {cfg.max_lines}, {cfg.max_chars}")
+            raise ArgumentError("corpus", f"the cache chunks with max_lines={corpus.max_lines}, max_chars={corpus.max_chars}; "
+                                          f"the config asks for {cfg.max_lines}, {cfg.max_chars}")
         records = [r for r in corpus.records(repos, repo, commit, cls.corpus_paths(repos, repo, commit, cfg))
                    if len(r.text.encode("utf-8", "replace")) <= cfg.max_file_bytes]
         all_paths = repos.list_files(repo, commit, cfg.suffixes)

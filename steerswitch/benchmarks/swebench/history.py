@@ -28,6 +28,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from steerswitch.errors import ArgumentError
 from steerswitch.rag.repo import RepoCache
 from steerswitch.rag.retriever import is_test_path
 
@@ -65,7 +66,7 @@ def mine_history(repos: RepoCache, repo: str, rev: str = "HEAD", exclude: Sequen
                  min_words: int = 4, limit: int | None = None, exclude_refs: Iterable[int] = ()) -> list[dict[str, str]]:
     """SWE-bench-schema instances from ``repo``'s history (see the module invariants)."""
     if max_files < 1:
-        raise ValueError(f"max_files must be >= 1, got {max_files}")
+        raise ArgumentError("max_files", f"must be >= 1, got {max_files}")
     rows: list[dict[str, str]] = []
     banned = set(exclude_refs)
     for ch in _changes(repos, repo, rev, exclude):
