@@ -88,7 +88,7 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 def test_sweep_on_ray_equals_local(ray_cluster, model, tmp_path: Path) -> None:
     name, _, domain = model
     args = ["sweep", "--model", name, "--domain", domain, "--layers", "1,2", "--alphas", "0.5,3", "--prompts", "3",
-            "--max-new-tokens", "6", "--max-rep3", "1.0", "--seed", "3"]
+            "--max-new-tokens", "6", "--max-rep3-delta", "1.0", "--seed", "3"]
     _invoke([*args, "--out", str(tmp_path / "local")])
     _invoke([*args, "--out", str(tmp_path / "ray"), "--executor", "ray", "--workers", "2"])
     local, remote = (json.loads((tmp_path / d / "sweep.json").read_text()) for d in ("local", "ray"))
