@@ -72,7 +72,7 @@ def test_eval_lm_names_bad_input_before_loading(tmp_path: Path, capsys: pytest.C
         (["--tasks", "python_mc", "--include-path", str(TASKS), "--variants", "baseline,nope@0.5"], "unknown domain nope"),
         (["--tasks", "python_mc", "--include-path", str(TASKS), "--variants", "bug_analysis@x"], "not a number"),
         (["--tasks", "python_mc", "--include-path", str(tmp_path / "missing")], "not a directory"),
-        (["--tasks", "python_mc", "--positions", "middle"], "use all, prompt or generated"),
+        (["--tasks", "python_mc", "--positions", "middle"], "'middle' is not one of 'all', 'prompt', 'generated'"),
     ]
     for extra, message in cases:
         assert main(["eval", "lm", "--out", str(tmp_path / "ev"), *extra]) == 2

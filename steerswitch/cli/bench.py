@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -23,7 +23,7 @@ from steerswitch.cli.common import (
 
 @bench_app.command("perf")
 def bench_perf(
-    shape: str = typer.Option("tiny", help="tiny (the default model's shape) or qwen3-0.6b (random init, real config)"),
+    shape: Literal["tiny", "qwen3-0.6b"] = typer.Option("tiny", help="tiny (the default model's shape) or qwen3-0.6b (random init, real config)"),
     quick: bool = typer.Option(False, help="fewer tokens and repeats: under a minute on a laptop CPU for --shape tiny"),
     repeats: int = typer.Option(5, min=3, help="alternating repeats per measure (median)"),
     new_tokens: int = typer.Option(64, min=1),
@@ -36,8 +36,6 @@ def bench_perf(
 
     from steerswitch.benchmarks.perf import PerfConfig, measure, render
 
-    if shape not in ("tiny", "qwen3-0.6b"):
-        raise typer.BadParameter("use 'tiny' or 'qwen3-0.6b'", param_hint="--shape")
     console = Console()
     with console.status("measuring") as status:
         result = measure(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -39,7 +39,7 @@ def eval_lm(
     variants: str = typer.Option("baseline", "--variants", help="comma list: baseline, DOMAIN (registry alpha), DOMAIN@SCALE (alpha x SCALE; @0 is the alpha=0 control)"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="hub id, local dir, or the shipped tiny-coder"),
     registry: Optional[Path] = typer.Option(None, "--registry", help="registry YAML (default: the one shipped next to the model)"),
-    positions: str = typer.Option("all", "--positions", help="where steered variants steer: all, prompt or generated (continuation / generated tokens only)"),
+    positions: Literal["all", "prompt", "generated"] = typer.Option("all", "--positions", help="where steered variants steer: all, prompt or generated (continuation / generated tokens only)"),
     limit: Optional[float] = typer.Option(None, "--limit", help="documents per task (a fraction below 1)"),
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0),
     include_path: Optional[Path] = typer.Option(None, "--include-path", help="directory of your own task YAML files (their data_files paths resolve against the current directory)"),
@@ -66,8 +66,6 @@ def eval_lm(
     from steerswitch.session import Session
     from steerswitch.vectors.registry import RegistryError
 
-    if positions not in ("all", "prompt", "generated"):
-        raise typer.BadParameter("use all, prompt or generated", param_hint="--positions")
     task_list = [t.strip() for t in tasks.split(",") if t.strip()]
     if not task_list:
         raise typer.BadParameter("give at least one task", param_hint="--tasks")

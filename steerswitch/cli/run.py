@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -54,12 +54,12 @@ def run_command(
     task: str = typer.Argument(..., help="The task statement (issue text)."),
     repo: Optional[Path] = typer.Option(None, "--repo", help="A local working tree to retrieve code from (read only)."),
     scenario: str = typer.Option("simple_bug_fix", help="Scenario name (built-in or from --scenarios)."),
-    variant: str = typer.Option("dynamic", help="baseline | static | dynamic | additive"),
+    variant: Literal["baseline", "static", "dynamic", "additive"] = typer.Option("dynamic", help="baseline | static | dynamic | additive"),
     model: str = typer.Option(DEFAULT_MODEL, help="tiny-coder, a hub id or a local model directory."),
     registry: Optional[Path] = typer.Option(None, help="Vector registry YAML (default: the model directory's registry.yaml)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run record as JSON."),
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help="Override every agent's max new tokens."),
-    router: str = typer.Option("plan", help="plan (agent's domain) | projection (highest cosine with the prompt)"),
+    router: Literal["plan", "projection"] = typer.Option("plan", help="plan (agent's domain) | projection (highest cosine with the prompt)"),
     static_domain: Optional[str] = typer.Option(None, help="Domain for --variant static (default: the last step's)."),
     agents_file: Optional[Path] = typer.Option(None, "--agents", help="YAML adding/replacing agents."),
     scenarios_file: Optional[Path] = typer.Option(None, "--scenarios", help="YAML adding/replacing scenarios."),
@@ -77,14 +77,10 @@ def run_command(
     from steerswitch.engine import ModelNotFoundError
     from steerswitch.session import Session
     from steerswitch.vectors.registry import RegistryError
-    from steerswitch.orchestrator import VARIANTS, AlphaPolicy, load_scenarios, run_task
+    from steerswitch.orchestrator import AlphaPolicy, load_scenarios, run_task
     from steerswitch.orchestrator.live import LiveView, summary_table
 
     console = Console()
-    if variant not in VARIANTS:
-        raise typer.BadParameter(f"choose one of {', '.join(VARIANTS)}", param_hint="--variant")
-    if router not in ("plan", "projection"):
-        raise typer.BadParameter("choose 'plan' or 'projection'", param_hint="--router")
     try:
         session = Session.load(model, registry if registry is not None else "auto", device=device)
     except RegistryError as e:

@@ -69,7 +69,7 @@ def swebench_run(
     registry: Optional[Path] = typer.Option(None, help="vector registry YAML (default: the model's shipped registry.yaml)"),
     scenario: str = typer.Option("swebench", help="orchestrator scenario of the orchestrated variants"),
     scenarios_file: Optional[Path] = typer.Option(None, "--scenarios", help="YAML adding/replacing scenarios"),
-    router: str = typer.Option("plan", help="plan (agent's domain) | projection (highest cosine with the prompt)"),
+    router: Literal["plan", "projection"] = typer.Option("plan", help="plan (agent's domain) | projection (highest cosine with the prompt)"),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="AlphaPolicy YAML (default: built-in defaults)"),
     budget: Optional[str] = typer.Option(None, help="prompt shares of the model's context, e.g. task=0.2,rag=0.5,history=0.2 "
                                          "(the agents' token caps stay the floor)"),
@@ -119,8 +119,6 @@ def swebench_run(
         names = [v.name for v in parse_variants(variants)]
     except ValueError as e:
         raise bad_parameter(e, "--variants") from None
-    if router not in ("plan", "projection"):
-        raise typer.BadParameter("choose 'plan' or 'projection'", param_hint="--router")
     try:
         shares = BudgetShares.parse(budget) if budget else BudgetShares()
     except ValueError as e:

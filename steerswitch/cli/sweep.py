@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -34,7 +34,7 @@ def sweep_command(
     domain: Optional[list[str]] = typer.Option(None, "--domain", help="domain to sweep (repeat; default: every registry domain)"),
     layers: Optional[str] = typer.Option(None, "--layers", help="comma-separated layers (default: every layer the vector has)"),
     alphas: Optional[str] = typer.Option(None, "--alphas", help="comma-separated alphas; 0 (the control) is always added"),
-    units: str = typer.Option("relative", "--units", help="relative (fraction of the layer's mean residual norm) or absolute"),
+    units: Literal["relative", "absolute"] = typer.Option("relative", "--units", help="relative (fraction of the layer's mean residual norm) or absolute"),
     prompts_n: Optional[int] = typer.Option(None, "--prompts", min=1, help="use the first N prompts (default: all)"),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="JSONL or one-prompt-per-line file (default: the shipped neutral eval prompts)"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
@@ -65,8 +65,6 @@ def sweep_command(
     from steerswitch.benchmarks.report import environment
     from steerswitch.benchmarks.report import write_json as write_bench_json
 
-    if units not in ("relative", "absolute"):
-        raise typer.BadParameter("use 'relative' or 'absolute'", param_hint="--units")
     default_alphas = sw.DEFAULT_RELATIVE_ALPHAS if units == "relative" else sw.DEFAULT_ABSOLUTE_ALPHAS
     try:
         config = sw.SweepConfig(

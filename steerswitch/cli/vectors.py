@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -41,13 +41,13 @@ def vectors_extract(
     positive: Optional[Path] = typer.Option(None, "--positive", help="positive prompts (.jsonl or one per line); with --negative"),
     negative: Optional[Path] = typer.Option(None, "--negative", help="negative prompts, paired line by line with --positive"),
     name: Optional[str] = typer.Option(None, help="domain name for --positive/--negative (default: custom)"),
-    method: str = typer.Option("mean_diff", help="mean_diff or pca"),
-    position: str = typer.Option("last", help="last (last token), mean (mean over the prompt's tokens; the shipped registry's rule) or all (system-prompt contrast, every position)"),
+    method: Literal["mean_diff", "pca"] = typer.Option("mean_diff", help="mean_diff or pca"),
+    position: Literal["last", "mean", "all"] = typer.Option("last", help="last (last token), mean (mean over the prompt's tokens; the shipped registry's rule) or all (system-prompt contrast, every position)"),
     layers: str = typer.Option("all", help="layers to extract: all, '1,3' or '1-3'"),
-    split: str = typer.Option("extract", help="prompt split of the shipped sets: extract, eval or all"),
+    split: Literal["extract", "eval", "all"] = typer.Option("extract", help="prompt split of the shipped sets: extract, eval or all"),
     layer: Optional[int] = typer.Option(None, help="registry layer (default: the middle layer)"),
     alpha: float = typer.Option(0.5, help="registry alpha (default 0.5 relative = half the layer's mean residual norm)"),
-    alpha_units: str = typer.Option("relative", help="relative or absolute"),
+    alpha_units: Literal["relative", "absolute"] = typer.Option("relative", help="relative or absolute"),
     batch_size: int = typer.Option(16, min=1),
     chat: bool = typer.Option(False, help="wrap prompts in the tokenizer's chat template"),
     device: Optional[str] = typer.Option(None),
@@ -65,14 +65,6 @@ def vectors_extract(
         registry_table,
     )
 
-    if method not in ("mean_diff", "pca"):
-        raise typer.BadParameter("use mean_diff or pca", param_hint="--method")
-    if position not in ("last", "mean", "all"):
-        raise typer.BadParameter("use last, mean or all", param_hint="--position")
-    if split not in ("extract", "eval", "all"):
-        raise typer.BadParameter("use extract, eval or all", param_hint="--split")
-    if alpha_units not in ("relative", "absolute"):
-        raise typer.BadParameter("use relative or absolute", param_hint="--alpha-units")
     m, tok = _vectors_load_model(model, device)
     try:
         wanted = parse_layers(layers, model_info(m)["num_layers"])
