@@ -19,9 +19,12 @@ Invariants:
   JSON; never 500), 401 for a missing or wrong key, 404 for an unknown base model, 413 for a body
   over the limit, 429 (with Retry-After) when the queue is full. Errors never echo the input.
 - Requests are checked and tokenized on the event loop (with the server's own tokenizer copy)
-  before anything streams; the model runs only on the single worker thread, one job at a time, so
-  a request never sees another's steers. A streaming client that disconnects stops its job at
-  the next token.
+  before anything streams. The model runs only on the batcher's thread. Continuous batching
+  (`ContinuousBatcher`, `engine.continuous`): a request joins the running decode at the next token
+  boundary and leaves it the token it ends. Window batching (`Batcher`, for caches the continuous
+  decoder cannot merge): requests arriving within the window run as one batch to its end. Either
+  way each row has exactly its own steers, so a request never sees another's, and a streaming
+  client that disconnects ends its row at its next token.
 - Loopback by default, with the Host header checked against loopback names (DNS rebinding); the
   API key, when set, is compared in constant time.
 """
@@ -33,9 +36,11 @@ import copy
 import hmac
 import json
 import math
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
@@ -46,7 +51,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from steerswitch.arena.worker import EventChannel, JobCancelled, ModelWorker, QueueFull
+from steerswitch.arena.worker import EventChannel, JobCancelled, QueueFull
+from steerswitch.engine.continuous import ContinuousDecoder, DecodeRow, supports_continuous
 from steerswitch.engine.prompts import prompt_ids
 from steerswitch.engine.steering import Steer
 from steerswitch.webguard import DEFAULT_MAX_BODY_BYTES, BodyLimit, HostGuard
@@ -155,6 +161,11 @@ class OpenAILimits(BaseModel):
     max_tokens: int = Field(default=256, ge=1, description="most new tokens per request (also the default)")
     max_prompt_tokens: int = Field(default=4096, ge=1)
     max_pending: int = Field(default=16, ge=1, description="requests queued or running before 429")
+    max_batch: int = Field(default=8, ge=1, description="most requests decoded together in one batch")
+    batch_window_ms: float = Field(default=10.0, ge=0.0, le=10_000.0, description="how long the first waiting request waits for others to join")
+    batching: Literal["auto", "continuous", "window"] = Field(
+        default="auto", description="continuous: requests join and leave the running decode per token; window: requests "
+                                    "arriving together run as one batch to its end; auto: continuous where the model's cache allows")
 
 
 # ---- steering ------------------------------------------------------------------------------------
@@ -211,14 +222,15 @@ def resolve_steers(registry: Any, fields: list[SteerField], num_layers: int, par
     return steers
 
 
-# ---- one generation job --------------------------------------------------------------------------
-class _Stopped(Exception):
-    """A stop sequence appeared: generation ends early (the engine restores steering on the way out)."""
+# ---- generation jobs and the batcher -------------------------------------------------------------
+class _AllDone(Exception):
+    """Every row of a batch has finished (stop sequence, its own token limit, client gone): end early."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two jobs are never "equal" (and Steer tensors cannot be compared)
 class _Job:
-    """One request's generation, run on the worker thread; `emit` sends text deltas (streaming)."""
+    """One request's generation: one row of a batch. `feed` gets its tokens on the batcher thread;
+    `emit` (streaming) sends text deltas; `future` completes when the row is done."""
 
     ids: list[int]
     steers: list[Steer] | None
@@ -233,40 +245,217 @@ class _Job:
     sent: int = 0
     tokens: int = 0
     finish: str = "length"
+    done: bool = False
+    cancelled: bool = False
     hold: int = field(init=False)
+    future: "Future[None]" = field(default_factory=Future)
 
     def __post_init__(self) -> None:
         # A streamed delta may not end inside what could still become a stop sequence.
         self.hold = max((len(s) for s in self.stops), default=1) - 1
 
+    def batch_key(self) -> tuple[Any, ...]:
+        """Jobs with equal keys may share one `engine.generate` call. A seeded sample runs alone:
+        its seed fixes the whole batch's random stream."""
+        alone = id(self) if self.do_sample and self.seed is not None else None
+        return (self.do_sample, self.temperature, self.top_p, self.seed, alone)
+
     def _flush(self, upto: int) -> None:
-        if self.emit is not None and upto > self.sent:
-            self.emit(self.text[self.sent:upto])
+        if self.emit is not None and upto > self.sent and not self.cancelled:
+            try:
+                self.emit(self.text[self.sent:upto])
+            except JobCancelled:  # the client has gone: its row stops here
+                self.cancelled = self.done = True
+                return
             self.sent = upto
 
-    def on_token(self, _row: int, _token: int, piece: str) -> None:
+    def feed(self, piece: str) -> None:
+        """One new token of this row (its decoded text `piece`)."""
+        if self.done:
+            return
         self.tokens += 1
         self.text += piece
         for stop in self.stops:
             at = self.text.find(stop, max(0, len(self.text) - len(piece) - len(stop)))
             if at >= 0:
-                self.text, self.finish = self.text[:at], "stop"
-                raise _Stopped
+                self.text, self.finish, self.done = self.text[:at], "stop", True
+                return
+        if self.tokens >= self.max_tokens:
+            self.done = True
         self._flush(len(self.text) - self.hold)
 
-    def run(self, engine: Any) -> None:
-        try:
-            result = engine.generate(
-                [self.ids], [self.steers] if self.steers else None, max_new_tokens=self.max_tokens,
-                do_sample=self.do_sample, temperature=self.temperature, top_p=self.top_p, seed=self.seed,
-                on_token=self.on_token,
-            )[0]
-            # EOS before the limit ends the text: OpenAI calls that "stop".
-            self.finish = "stop" if result.new_tokens < self.max_tokens else "length"
-            self.text, self.tokens = result.text or "", result.new_tokens
-        except _Stopped:
-            pass
+    def end(self) -> None:
+        """The batch is over: a row that ended before its limit without a stop sequence hit EOS ("stop")."""
+        if self.finish != "stop":
+            self.finish = "length" if self.tokens >= self.max_tokens else "stop"
+        self.done = True
         self._flush(len(self.text))
+
+
+def run_batch(engine: Any, jobs: list[_Job]) -> None:
+    """Generate every job as one row of one per-row steered batch (each row its own steers), all
+    with the first job's sampling settings (callers batch only jobs with equal `batch_key`s)."""
+    first = jobs[0]
+
+    def on_token(row: int, _token: int, piece: str) -> None:
+        jobs[row].feed(piece)
+        if all(j.done for j in jobs):
+            raise _AllDone
+
+    steers = [j.steers or [] for j in jobs] if any(j.steers for j in jobs) else None
+    try:
+        engine.generate([j.ids for j in jobs], steers, max_new_tokens=max(j.max_tokens for j in jobs),
+                        do_sample=first.do_sample, temperature=first.temperature, top_p=first.top_p, seed=first.seed,
+                        on_token=on_token)
+    except _AllDone:
+        pass
+    for job in jobs:
+        job.end()
+
+
+class Batcher:
+    """The one thread that runs the model. Requests arriving within `window_s` of the first waiting
+    one (up to `max_batch`) are decoded together as one per-row steered batch; a request that
+    arrives while a batch runs waits for it to end (no token-level joining)."""
+
+    kind = "window"
+
+    def __init__(self, engine: Any, *, max_batch: int = 8, window_s: float = 0.01, max_pending: int = 16) -> None:
+        self.engine, self.max_batch, self.window_s, self.max_pending = engine, max_batch, window_s, max_pending
+        self._cond = threading.Condition()
+        self._queue: list[_Job] = []
+        self._running = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.batches: list[int] = []  # the size of each batch run (for tests and benchmarks)
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue) + self._running
+
+    def submit(self, job: _Job) -> None:
+        """Queue `job`; QueueFull when `max_pending` requests are already queued or running."""
+        with self._cond:
+            if len(self._queue) + self._running >= self.max_pending:
+                raise QueueFull(f"{len(self._queue) + self._running} requests are queued or running "
+                                f"(the limit is {self.max_pending}); try again shortly")
+            self._closed = False
+            self._queue.append(job)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="openai-model", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            deadline = time.monotonic() + self.window_s
+            while len(self._queue) < self.max_batch and not self._closed and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            key = self._queue[0].batch_key()
+            batch = [j for j in self._queue if j.batch_key() == key][:self.max_batch]
+            self._queue = [j for j in self._queue if all(j is not b for b in batch)]
+            self._running = len(batch)
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                live = [j for j in batch if not j.cancelled]
+                if live:
+                    self.batches.append(len(live))
+                    run_batch(self.engine, live)
+                for job in batch:
+                    job.future.set_result(None)
+            except Exception as exc:  # noqa: BLE001 - handed to each request of the batch
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+            finally:
+                with self._cond:
+                    self._running = 0
+
+    def shutdown(self) -> None:
+        """Drop queued requests (their futures are cancelled); a running batch finishes."""
+        with self._cond:
+            self._closed = True
+            queued, self._queue = self._queue, []
+            self._cond.notify_all()
+        for job in queued:
+            job.future.cancel()
+
+
+class ContinuousBatcher(Batcher):
+    """The one thread that runs the model, batching continuously (`engine.continuous`): a request
+    joins the running decode at the next token boundary (up to `max_batch` rows) and leaves it when
+    it ends, so it never waits for a longer one. `window_s` applies only when nothing runs: the
+    first request waits that long for others to arrive with it."""
+
+    kind = "continuous"
+
+    def __init__(self, engine: Any, *, max_batch: int = 8, window_s: float = 0.01, max_pending: int = 16) -> None:
+        super().__init__(engine, max_batch=max_batch, window_s=window_s, max_pending=max_pending)
+        self.decoder = ContinuousDecoder(engine)
+        self._live: dict[int, _Job] = {}  # id(DecodeRow) -> its job, while the row runs
+
+    def _admit(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue and not self.decoder.live and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            if not self.decoder.live:
+                deadline = time.monotonic() + self.window_s
+                while len(self._queue) < self.max_batch and not self._closed and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+            room = max(0, self.max_batch - self.decoder.live)
+            admitted, self._queue = self._queue[:room], self._queue[room:]
+            self._running = self.decoder.live + len(admitted)
+            return admitted
+
+    def _row(self, job: _Job) -> DecodeRow:
+        def on_token(_token: int, piece: str) -> bool:
+            job.feed(piece)
+            return not job.done
+
+        def on_end(_reason: str) -> None:
+            self._live.pop(id(row), None)
+            job.end()
+            job.future.set_result(None)
+
+        row = DecodeRow(job.ids, job.steers, job.max_tokens, job.do_sample, job.temperature, job.top_p, job.seed,
+                        on_token=on_token, on_end=on_end)
+        self._live[id(row)] = job
+        return row
+
+    def _loop(self) -> None:
+        while (admitted := self._admit()) is not None:
+            for job in [j for j in admitted if j.cancelled]:
+                job.future.set_result(None)
+            joining = [(job, self._row(job)) for job in admitted if not job.cancelled]
+            try:
+                self.decoder.add_many([row for _, row in joining])
+            except Exception:  # noqa: BLE001 - find the failing request: each alone, the others run on
+                for job, row in joining:
+                    try:
+                        self.decoder.add(row)
+                    except Exception as exc:  # noqa: BLE001 - this request fails
+                        self._live.pop(id(row), None)
+                        job.future.set_exception(exc)
+            try:
+                self.decoder.step()
+            except Exception as exc:  # noqa: BLE001 - a failed step fails every row in it
+                for row in self.decoder.abort():
+                    job = self._live.pop(id(row))
+                    job.future.set_exception(exc)
+            with self._cond:
+                self._running = self.decoder.live
+        for row in self.decoder.abort():  # shut down: the running requests end now
+            self._live.pop(id(row)).future.cancel()
 
 
 # ---- the app -------------------------------------------------------------------------------------
@@ -276,8 +465,12 @@ class _State:
             raise ValueError("the OpenAI server needs a model with a tokenizer")
         self.session, self.engine, self.registry = session, session.engine, session.registry
         self.model_id, self.api_key, self.limits = model_id, api_key, limits
-        self.worker = ModelWorker(max_pending=limits.max_pending)
-        # The worker's tokenizer is busy while a job decodes; a fast tokenizer must not be used from
+        continuous = limits.batching == "continuous" or (limits.batching == "auto" and supports_continuous(session.engine))
+        if limits.batching == "continuous" and not supports_continuous(session.engine):
+            raise ValueError("batching: this model's KV cache is not a plain full-attention cache; use window batching")
+        self.batcher = (ContinuousBatcher if continuous else Batcher)(
+            session.engine, max_batch=limits.max_batch, window_s=limits.batch_window_ms / 1000, max_pending=limits.max_pending)
+        # The batcher's tokenizer is busy while a job decodes; a fast tokenizer must not be used from
         # two threads at once, so request checks on the event loop use their own copy.
         self.tokenizer = copy.deepcopy(session.tokenizer)
         self.context = session.context_limit()
@@ -343,7 +536,7 @@ def create_openai_app(
         try:
             yield
         finally:
-            state.worker.shutdown()
+            state.batcher.shutdown()
 
     from steerswitch import __version__
 
@@ -386,35 +579,36 @@ def create_openai_app(
         ids = [state.model_id] + [f"{state.model_id}:{d}" for d in (state.registry.domains if state.registry else [])]
         return ModelList(data=[ModelCard(id=i, created=state.created) for i in ids])
 
-    async def run(job: _Job) -> None:
+    def submit(job: _Job) -> None:
         try:
-            await asyncio.wrap_future(state.worker.submit(lambda: job.run(state.engine)))
+            state.batcher.submit(job)
         except QueueFull as exc:
             raise OpenAIError(429, str(exc), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
+
+    async def run(job: _Job) -> None:
+        submit(job)
+        await asyncio.wrap_future(job.future)
 
     def stream(job: _Job, chunk: Callable[[str | None, str | None], dict[str, Any]], usage: Callable[[], dict[str, Any]] | None) -> StreamingResponse:
         channel = EventChannel(asyncio.get_running_loop())
         job.emit = lambda text: channel.emit("delta", text)
 
-        def work() -> None:
+        def finished(future: "Future[None]") -> None:  # on the batcher thread
             try:
-                if not channel.cancelled.is_set():
-                    job.run(state.engine)
+                if future.cancelled():
+                    channel.emit("error", "the server is shutting down")
+                elif future.exception() is not None:
+                    exc = future.exception()
+                    channel.emit("error", f"{type(exc).__name__}: {exc}")
+                elif not job.cancelled:
                     channel.emit("finish", job.finish)
             except JobCancelled:
                 pass
-            except Exception as exc:  # noqa: BLE001 - the stream has started: reported in it
-                try:
-                    channel.emit("error", f"{type(exc).__name__}: {exc}")
-                except JobCancelled:
-                    pass
             finally:
                 channel.close()
 
-        try:
-            state.worker.submit(work)
-        except QueueFull as exc:
-            raise OpenAIError(429, str(exc), type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}) from None
+        submit(job)
+        job.future.add_done_callback(finished)
 
         def data(obj: Any) -> bytes:
             return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
@@ -434,7 +628,8 @@ def create_openai_app(
                         yield data(OpenAIError(500, value, type="server_error").body())
                 yield b"data: [DONE]\n\n"
             finally:
-                channel.cancel()  # a client gone mid-stream stops the job at its next token
+                channel.cancel()  # a client gone mid-stream: its row stops at its next token
+                job.cancelled = True
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 

@@ -220,3 +220,85 @@ def test_openai_client_against_uvicorn(session: Session) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("batching", ["continuous", "window"])
+def test_concurrent_requests_batch_and_match_alone(session: Session, batching: str) -> None:
+    """Requests in flight together share decode forwards, each row giving exactly the tokens it gives alone."""
+    import asyncio
+
+    import httpx
+
+    assert session.registry is not None
+    app = create_openai_app(session, limits=OpenAILimits(max_tokens=32, max_batch=8, batch_window_ms=2000, batching=batching))
+    assert app.state.openai.batcher.kind == batching
+    asks: list[tuple[str, list[Any], int]] = [
+        ("tiny-coder:bug_analysis", [session.registry.steer("bug_analysis")], 12),
+        ("tiny-coder", [], 12),
+        ("tiny-coder:test_writing@0.5", [session.registry.steer("test_writing", 0.5)], 6),
+        ("tiny-coder:bug_analysis+code_reading", [session.registry.steer("bug_analysis"), session.registry.steer("code_reading")], 9),
+    ]
+
+    async def ask(client: httpx.AsyncClient, model: str, max_tokens: int) -> Any:
+        r = await client.post("/v1/chat/completions", json={"model": model, "messages": MESSAGES, "temperature": 0, "max_tokens": max_tokens})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def main() -> list[Any]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await asyncio.gather(*(ask(client, m, n) for m, _, n in asks))
+
+    replies = asyncio.run(main())
+    batcher = app.state.openai.batcher
+    if batching == "window":
+        assert batcher.batches == [len(asks)]  # one batch, all rows
+    else:
+        assert max(batcher.decoder.widths) == len(asks)  # every row in one decode forward
+        assert batcher.decoder.live == 0 and batcher.pending == 0
+    for (_, steers, n), reply in zip(asks, replies):
+        alone = session.engine.generate([MESSAGES], steers or None, max_new_tokens=n)[0]
+        assert reply["choices"][0]["message"]["content"] == alone.text
+        assert reply["usage"]["completion_tokens"] == alone.new_tokens
+    texts = [r["choices"][0]["message"]["content"] for r in replies]
+    assert len(set(texts)) == len(texts)  # the rows really were steered differently
+
+
+@pytest.mark.parametrize("batching", ["continuous", "window"])
+def test_full_queue_is_429_with_retry_after(session: Session, batching: str) -> None:
+    import asyncio
+
+    import httpx
+
+    # max_batch 2: the first request waits out its batch window, holding the one pending place.
+    app = create_openai_app(session, limits=OpenAILimits(max_tokens=32, max_pending=1, max_batch=2, batch_window_ms=1000,
+                                                         batching=batching))
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            body = {"model": "tiny-coder", "prompt": PROMPT, "temperature": 0, "max_tokens": 4}
+            first = asyncio.create_task(client.post("/v1/completions", json=body))
+            await asyncio.sleep(0.2)  # the first waits in its batch window
+            second = await client.post("/v1/completions", json=body)
+            return [await first, second]
+
+    first, second = asyncio.run(main())
+    assert first.status_code == 200
+    assert second.status_code == 429
+    assert second.headers["retry-after"] == "1"
+    assert second.json()["error"]["code"] == "queue_full"
+
+
+def test_bench_serve_measures_both_modes_on_the_same_requests(tmp_path: Any) -> None:
+    pytest.importorskip("uvicorn")
+    from steerswitch.cli.main import main
+
+    out = tmp_path / "serve.json"
+    assert main(["bench", "serve", "--clients", "3", "--requests", "6", "--max-tokens", "4", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    one, many = result["one_at_a_time"], result["batched"]
+    assert one["n"] == many["n"] == 6
+    assert one["tokens"] == many["tokens"] > 0  # greedy: the same completions either way
+    assert result["batching"] == "continuous"
+    assert result["throughput_ratio"] == pytest.approx(many["tokens_per_s"] / one["tokens_per_s"])
+    assert 0 < many["ttft_p50"] <= many["latency_p95"]
+    assert len(result["batched_requests"]) == 6

@@ -45,6 +45,44 @@ def bench_perf(
     console.print(fit(render(result), console))
     write_json(json_out, result)
 
+@bench_app.command("serve")
+def bench_serve(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="hub id, local dir, or the shipped tiny-coder"),
+    registry: Optional[Path] = typer.Option(None, "--registry", help="registry YAML (default: the one shipped next to the model)"),
+    clients: int = typer.Option(8, "--clients", min=1, help="concurrent clients, each asking for its own domain"),
+    requests: int = typer.Option(64, "--requests", min=1, help="requests in all (the same ones in both modes)"),
+    max_tokens: int = typer.Option(32, "--max-tokens", min=1),
+    batching: Literal["auto", "continuous", "window"] = typer.Option("auto", "--batching"),
+    batch_window_ms: float = typer.Option(10.0, "--batch-window-ms", min=0.0),
+    device: str = typer.Option("cpu", "--device"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the result as JSON"),
+) -> None:
+    """The OpenAI server's throughput, latency and time to first token: concurrent clients on the
+    batching server vs the same requests one at a time, measured in one run over loopback."""
+    from rich.console import Console
+
+    from steerswitch.benchmarks.serve_bench import ServeBenchConfig, render, run_serve_bench
+    from steerswitch.session import Session
+    from steerswitch.vectors.registry import RegistryError
+
+    if registry is not None and not registry.is_file():
+        raise typer.BadParameter(f"{registry}: no such file", param_hint="--registry")
+    try:
+        session = Session.load(model, registry if registry is not None else "auto", device=device)
+    except RegistryError as e:
+        raise bad_parameter(e, "--registry") from None
+    except (FileNotFoundError, OSError) as e:
+        raise bad_parameter(e, "--model") from None
+    config = ServeBenchConfig(clients=clients, requests=requests, max_tokens=max_tokens, batching=batching,
+                              batch_window_ms=batch_window_ms)
+    console = Console()
+    bar, task = _bench_progress(2 * requests, "requests (one at a time, then batched)")
+    with bar:
+        result = run_serve_bench(session, config, progress=lambda n: bar.advance(task, n))
+    console.print(fit(render(result), console))
+    write_json(json_out, result)
+
+
 # ---- vectors ---------------------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
@@ -51,6 +51,9 @@ def serve_openai_cmd(
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="most new tokens a request may ask for (and the default)"),
     max_prompt_tokens: int = typer.Option(4096, "--max-prompt-tokens", min=1),
     max_pending: int = typer.Option(16, "--max-pending", min=1, help="requests queued or running before 429"),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="most requests decoded together as one per-row steered batch"),
+    batch_window_ms: float = typer.Option(10.0, "--batch-window-ms", min=0.0, max=10_000.0, help="how long a request waits for others to join its batch"),
+    batching: Literal["auto", "continuous", "window"] = typer.Option("auto", "--batching", help="continuous: requests join the running decode per token; window: a batch runs to its end"),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """An OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions) with per-request
@@ -67,9 +70,15 @@ def serve_openai_cmd(
         raise bad_parameter(e, "--registry") from None
     except (FileNotFoundError, OSError) as e:
         raise bad_parameter(e, "--model") from None
-    limits = OpenAILimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_pending=max_pending)
-    server = build_server(session, host=host, port=port, api_key=api_key, limits=limits, log_level=log_level)
+    limits = OpenAILimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_pending=max_pending,
+                          max_batch=max_batch, batch_window_ms=batch_window_ms, batching=batching)
+    try:
+        server = build_server(session, host=host, port=port, api_key=api_key, limits=limits, log_level=log_level)
+    except ValueError as e:
+        raise bad_parameter(e, "--batching") from None
+    batching_used = server.config.app.state.openai.batcher.kind
     shown = f"{'[' + host + ']' if ':' in host else host}:{port}"
     domains = ", ".join(session.registry.domains) if session.registry is not None else "none (no registry)"
-    typer.echo(f"OpenAI-compatible API on http://{shown}/v1  model {session.name!r}, steerable domains: {domains}  (Ctrl+C to stop)")
+    typer.echo(f"OpenAI-compatible API on http://{shown}/v1  model {session.name!r}, steerable domains: {domains}; "
+               f"{batching_used} batching of up to {max_batch} requests  (Ctrl+C to stop)")
     server.run()

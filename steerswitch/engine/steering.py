@@ -474,6 +474,20 @@ class SteeringEngine:
             if previous is None:  # leaving the outermost block ends its sequences
                 state.prompt_end, state.prompt_ids = None, None
 
+    @contextmanager
+    def prompt_boundary(self, ends: torch.Tensor) -> Iterator[None]:
+        """Pin each row's prompt length (batch,) for forwards in this thread instead of inferring it
+        from a prefill forward: for callers that feed prompt and continuation in one forward
+        (`sequence_logprobs`) or decode rows that were prefilled apart (`engine.continuous`).
+        Enter it outside `steering` (leaving the outermost `steering` clears inferred boundaries)."""
+        state = self._state
+        previous = state.prompt_end, state.prompt_end_pinned
+        state.prompt_end, state.prompt_end_pinned = ends.to(self.device), True
+        try:
+            yield
+        finally:
+            state.prompt_end, state.prompt_end_pinned = previous
+
     def active(self) -> SteeringPlan | None:
         """The plan the hooks apply right now in this thread (for probes and tests)."""
         return self._state.plan
@@ -744,15 +758,9 @@ class SteeringEngine:
                 tail_mask[r, : len(cont)] = 1
         full = torch.cat([ids, tail], dim=1).to(self.device)
         full_mask = torch.cat([mask, tail_mask], dim=1).to(self.device)
-        state = self._state
-        previous = state.prompt_end, state.prompt_end_pinned
         # The prefill here holds prompt + continuation, so the boundary is pinned, per row.
-        state.prompt_end, state.prompt_end_pinned = mask.sum(dim=1).to(self.device), True
-        try:
-            with self.steering(steers if steers is not None else state.plan):
-                logits = self.model(input_ids=full, attention_mask=full_mask, position_ids=position_ids_from_mask(full_mask), use_cache=False).logits
-        finally:
-            state.prompt_end, state.prompt_end_pinned = previous
+        with self.prompt_boundary(mask.sum(dim=1)), self.steering(steers if steers is not None else self._state.plan):
+            logits = self.model(input_ids=full, attention_mask=full_mask, position_ids=position_ids_from_mask(full_mask), use_cache=False).logits
         logp = torch.log_softmax(logits.float(), dim=-1).cpu()
         out: list[torch.Tensor] = []
         for r, cont in enumerate(continuations):
