@@ -9,7 +9,7 @@ __all__ = ["ArgumentError"]
 class ArgumentError(ValueError):
     """``argument`` has a value the function cannot use; ``message`` says why."""
 
-    def __init__(self, argument: str, message: str) -> None:
-        self.argument = argument
+    def __init__(self, argument: str | None, message: str) -> None:
+        self.argument = argument  # None: the error is about no one argument
         self.message = message
-        super().__init__(f"{argument}: {message}")
+        super().__init__(f"{argument}: {message}" if argument else message)

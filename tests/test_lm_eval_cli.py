@@ -71,6 +71,7 @@ def test_eval_lm_names_bad_input_before_loading(tmp_path: Path, capsys: pytest.C
         (["--tasks", "no_such_task"], "unknown lm-eval task no_such_task"),
         (["--tasks", "python_mc", "--include-path", str(TASKS), "--variants", "baseline,nope@0.5"], "unknown domain nope"),
         (["--tasks", "python_mc", "--include-path", str(TASKS), "--variants", "bug_analysis@x"], "not a number"),
+        (["--tasks", "python_mc", "--include-path", str(tmp_path / "missing")], "Invalid value for --include-path: "),
         (["--tasks", "python_mc", "--include-path", str(tmp_path / "missing")], "not a directory"),
         (["--tasks", "python_mc", "--positions", "middle"], "'middle' is not one of 'all', 'prompt', 'generated'"),
     ]
@@ -119,7 +120,7 @@ def test_report_refuses_different_documents_and_missing_runs(tmp_path: Path) -> 
         build_report(tmp_path / "ev")
     with pytest.raises(LMEvalReportError, match="run.json: missing"):
         build_report(tmp_path / "nothing")
-    with pytest.raises(LMEvalReportError, match="--reference"):
+    with pytest.raises(LMEvalReportError, match="^reference: "):
         _write_run(tmp_path / "ok", {"baseline": [(0, "a", 1.0)]})
         build_report(tmp_path / "ok", reference="s")
 

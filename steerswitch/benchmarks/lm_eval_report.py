@@ -23,14 +23,18 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from steerswitch.errors import ArgumentError
 from steerswitch.benchmarks.metrics import Summary, mcnemar_exact, summarize
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 
 
-class LMEvalReportError(ValueError):
+class LMEvalReportError(ArgumentError):
     """An eval directory that cannot be reported (the message names the file)."""
+
+    def __init__(self, message: str, argument: str | None = None) -> None:
+        super().__init__(argument, message)
 
 
 class PairedMetric(BaseModel):
@@ -130,7 +134,7 @@ def build_report(out_dir: str | Path, reference: str | None = None) -> LMEvalRep
     if reference is None:
         reference = "baseline" if "baseline" in variants else variants[0]
     if reference not in variants:
-        raise LMEvalReportError(f"--reference: {reference!r} is not a finished variant of {out} ({', '.join(variants)})")
+        raise LMEvalReportError(argument="reference", message=f"{reference!r} is not a finished variant of {out} ({', '.join(variants)})")
     results = {v: _read_json(out / v / RESULTS_FILE) for v in variants}
     tasks = sorted({p.name[len("samples_"):-len(".jsonl")] for v in variants for p in (out / v).glob("samples_*.jsonl")})
     report = LMEvalReport(out_dir=str(out), reference=reference, variants=variants, config=run.get("config", {}))

@@ -95,7 +95,7 @@ def bad_parameter(exc: BaseException, param_hint: str | None = None) -> typer.Ba
     """A library error as a usage error: an ArgumentError names its flag, anything else keeps `param_hint`."""
     from steerswitch.errors import ArgumentError
 
-    if isinstance(exc, ArgumentError):
+    if isinstance(exc, ArgumentError) and exc.argument:
         return typer.BadParameter(exc.message, param_hint=flag_for(exc.argument))
     return typer.BadParameter(str(exc), param_hint=param_hint)
 

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Error: {extra}", file=sys.stderr)
             return USAGE_EXIT
         message = " ".join(str(exc).split()) or type(exc).__name__
-        if isinstance(exc, ArgumentError):
+        if isinstance(exc, ArgumentError) and exc.argument:
             message = f"{flag_for(exc.argument)}: {' '.join(exc.message.split())}"
         if is_user_error(exc):
             print(f"Error: {message}", file=sys.stderr)

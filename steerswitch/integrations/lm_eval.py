@@ -40,6 +40,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from steerswitch.errors import ArgumentError
 from steerswitch.engine.steering import Steer, SteeringEngine
 from steerswitch.session import DEFAULT_MODEL, RegistryChoice, Session
 from steerswitch.vectors.registry import RegistryError
@@ -56,8 +57,11 @@ MODEL_NAME = "steerswitch"
 Positions = Literal["all", "prompt", "generated"]
 
 
-class LMEvalSteerError(ValueError):
+class LMEvalSteerError(ArgumentError):
     """A steer that cannot be set up or exported (the message names the argument)."""
+
+    def __init__(self, message: str, argument: str | None = None) -> None:
+        super().__init__(argument, message)
 
 
 # ---- variants ----------------------------------------------------------------------------------
@@ -86,15 +90,15 @@ def parse_variant(text: str, positions: Positions = "all") -> Variant:
         return Variant(name="baseline")
     match = _VARIANT.match(text)
     if match is None:
-        raise LMEvalSteerError(f"--variants: {text!r} is not baseline, DOMAIN or DOMAIN@SCALE")
+        raise LMEvalSteerError(argument="variants", message=f"{text!r} is not baseline, DOMAIN or DOMAIN@SCALE")
     scale = 1.0
     if match.group("scale") is not None:
         try:
             scale = float(match.group("scale"))
         except ValueError:
-            raise LMEvalSteerError(f"--variants: {text!r}: scale {match.group('scale')!r} is not a number") from None
+            raise LMEvalSteerError(argument="variants", message=f"{text!r}: scale {match.group('scale')!r} is not a number") from None
         if not math.isfinite(scale):
-            raise LMEvalSteerError(f"--variants: {text!r}: scale must be finite")
+            raise LMEvalSteerError(argument="variants", message=f"{text!r}: scale must be finite")
     return Variant(name=text, domain=match.group("domain"), scale=scale, positions=positions)
 
 
@@ -102,11 +106,11 @@ def parse_variants(text: str, positions: Positions = "all") -> list[Variant]:
     """A comma list of variants; names must be unique."""
     variants = [parse_variant(part, positions) for part in text.split(",") if part.strip()]
     if not variants:
-        raise LMEvalSteerError("--variants: give at least one variant (baseline, DOMAIN or DOMAIN@SCALE)")
+        raise LMEvalSteerError(argument="variants", message="give at least one variant (baseline, DOMAIN or DOMAIN@SCALE)")
     names = [v.name for v in variants]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise LMEvalSteerError(f"--variants: {', '.join(dupes)} given twice")
+        raise LMEvalSteerError(argument="variants", message=f"{', '.join(dupes)} given twice")
     return variants
 
 
@@ -382,7 +386,7 @@ def export_hf_steered(engine: SteeringEngine, steers: Sequence[Steer], path: str
     config = hf_steered_config(engine, steers)
     path = Path(path)
     if path.suffix not in (".pt", ".pth"):
-        raise LMEvalSteerError(f"--out: {path} must end in .pt or .pth (lm-eval picks the loader by suffix)")
+        raise LMEvalSteerError(argument="out", message=f"{path} must end in .pt or .pth (lm-eval picks the loader by suffix)")
     buffer = io.BytesIO()
     torch.save(config, buffer)
     atomic_write_bytes(path, buffer.getvalue())

@@ -90,10 +90,10 @@ def check_out_dir(out: Path, config: LMEvalRunConfig) -> None:
     try:
         old = LMEvalRunConfig.model_validate(json.loads(path.read_text(encoding="utf-8"))["config"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise LMEvalSteerError(f"--out: {path} is not a steerswitch eval lm run file ({exc}); use another --out") from None
+        raise LMEvalSteerError(argument="out", message=f"{path} is not a steerswitch eval lm run file ({exc}); use another output directory") from None
     if old != config:
         diff = [k for k in type(config).model_fields if getattr(old, k) != getattr(config, k)]
-        raise LMEvalSteerError(f"--out: {out} holds a run with different {', '.join(diff)}; use another --out to keep variants paired")
+        raise LMEvalSteerError(argument="out", message=f"{out} holds a run with different {', '.join(diff)}; use another output directory to keep variants paired")
 
 
 def task_manager(tasks: Sequence[str], include_path: str | Path | None = None) -> Any:
@@ -102,13 +102,13 @@ def task_manager(tasks: Sequence[str], include_path: str | Path | None = None) -
     from lm_eval.tasks import TaskManager  # type: ignore[import-untyped]
 
     if include_path is not None and not Path(include_path).is_dir():
-        raise LMEvalSteerError(f"--include-path: {include_path} is not a directory")
+        raise LMEvalSteerError(argument="include_path", message=f"{include_path} is not a directory")
     manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
     known = set(manager.all_tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown:
         hint = "" if include_path else " (tasks defined in your own YAML files need --include-path DIR)"
-        raise LMEvalSteerError(f"--tasks: unknown lm-eval task {', '.join(unknown)}{hint}")
+        raise LMEvalSteerError(argument="tasks", message=f"unknown lm-eval task {', '.join(unknown)}{hint}")
     return manager
 
 
@@ -153,7 +153,7 @@ def run_variants(
                 on_variant(index, variant, "reused")
             continue
         if target.exists():
-            raise LMEvalSteerError(f"--out: {target} exists but holds no {RESULTS_FILE}; move it away to rerun variant {variant.name!r}")
+            raise LMEvalSteerError(argument="out", message=f"{target} exists but holds no {RESULTS_FILE}; move it away to rerun variant {variant.name!r}")
         if on_variant:
             on_variant(index, variant, "running")
         results = lm_eval.simple_evaluate(
