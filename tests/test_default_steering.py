@@ -80,3 +80,21 @@ def test_semantic_score_is_paired_against_the_same_scorer(demo_runs) -> None:
         assert s.semantic_diff == pytest.approx(0.0, abs=1e-9) and s.semantic_steered == pytest.approx(s.semantic_unsteered)
         assert not s.degenerate
     assert any(s.semantic_diff is not None and s.semantic_diff > 0 for s in steered.summaries)
+
+
+def test_demo_json_has_the_summary_per_domain(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from steerswitch.cli.main import main
+
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--prompts", "3", "--max-new-tokens", "8", "--show", "0", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["model"] == "tiny-coder" and result["n_prompts"] == 3
+    assert set(result["domains"]) == set(result["outputs"]) - {"unsteered"}
+    for entry in result["domains"].values():
+        for key in ("semantic_steered", "semantic_unsteered", "semantic_diff", "semantic_se", "keyword_hits_steered",
+                    "keyword_hits_unsteered", "rep3_steered", "rep3_unsteered", "surprise_steered", "surprise_unsteered"):
+            assert isinstance(entry[key], float), key
+        assert entry["fluent"] is (not entry["degenerate"])
+        assert entry["surprise_unsteered"] > 0

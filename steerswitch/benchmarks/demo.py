@@ -5,7 +5,9 @@ Invariants:
   with the same generation settings, and every domain's row and the control are scored the same
   way, paired by prompt: the semantic domain score (`metrics.SemanticScorer`, the first metric)
   and that domain's keyword list (word-boundary matching, the second).
-- A domain whose steered rep3 exceeds the unsteered rep3 + 0.1 is flagged degenerate.
+- A domain outside the fluency bounds (`metrics.FluencyBounds`: rep3 <= unsteered + 0.1, surprise
+  <= unsteered + 1.5 bits/token, both outputs scored under the unsteered model) is flagged
+  degenerate and shown as failing.
 - The summary covers every held-out neutral prompt (the `eval` split: used neither to extract
   the vectors nor to choose their layer and alpha), with n and standard errors.
 """
@@ -16,7 +18,15 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from steerswitch.benchmarks.metrics import FluencyBounds, keyword_count, mean_se, paired_differences, rep_n, semantic_scorer
+from steerswitch.benchmarks.metrics import (
+    FluencyBounds,
+    keyword_count,
+    mean_se,
+    paired_differences,
+    rep_n,
+    semantic_scorer,
+    surprise_bits,
+)
 from steerswitch.engine import SteeringEngine
 
 
@@ -36,6 +46,8 @@ class DomainSummary(BaseModel):
     hits_diff_se: float
     rep3_steered: float
     rep3_unsteered: float = 0.0
+    surprise_steered: float | None = None  # bits/token of the outputs under the unsteered model
+    surprise_unsteered: float | None = None
     semantic_steered: float | None = None  # mean semantic domain score (None: no reference prompts)
     semantic_unsteered: float | None = None
     semantic_diff: float | None = None  # paired steered - unsteered
@@ -86,6 +98,7 @@ def run_demo(
     summaries = []
     scorer = semantic_scorer(registry, domains, encoder)
     rep3_control = sum(rep_n(t, 3) for t in tokens["unsteered"]) / len(tokens["unsteered"])
+    surprise = {v: _mean_surprise(engine, prompts, tokens[v], batch_prompts) for v in variants}
     for domain in domains:
         keywords = registry.keywords(domain)
         steered = [float(keyword_count(t, keywords)) for t in outputs[domain]]
@@ -108,13 +121,42 @@ def run_demo(
                 hits_steered=s_mean, hits_steered_se=s_se, hits_unsteered=c_mean, hits_unsteered_se=c_se,
                 hits_diff=d_mean, hits_diff_se=d_se,
                 rep3_steered=rep3, rep3_unsteered=rep3_control,
-                degenerate=FluencyBounds().check(rep3, None, rep3_control, None).reasons, **sem,
+                surprise_steered=surprise[domain], surprise_unsteered=surprise["unsteered"],
+                degenerate=FluencyBounds().check(rep3, surprise[domain], rep3_control, surprise["unsteered"]).reasons, **sem,
             )
         )
     return DemoResult(
         model=model_name, registry=registry_path, max_new_tokens=max_new_tokens, prompts=prompts,
         outputs=outputs, summaries=summaries, encoder=scorer.encoder_name if scorer is not None else None,
     )
+
+
+def _mean_surprise(engine: SteeringEngine, prompts: list[str], outputs: list[list[int]], batch: int) -> float | None:
+    """Mean over outputs of bits/token under the unsteered model (empty outputs left out)."""
+    values: list[float] = []
+    for start in range(0, len(prompts), batch):
+        logprobs = engine.sequence_logprobs(prompts[start:start + batch], outputs[start:start + batch], steers=[])
+        values += [v for v in (surprise_bits(lp) for lp in logprobs) if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summary_json(result: DemoResult) -> dict[str, Any]:
+    """The per-domain summary as `demo --json` writes it (with every output under "outputs")."""
+    domains = {
+        s.domain: {
+            "layer": s.layer, "alpha": s.alpha, "alpha_units": s.alpha_units,
+            "semantic_steered": s.semantic_steered, "semantic_unsteered": s.semantic_unsteered,
+            "semantic_diff": s.semantic_diff, "semantic_se": s.semantic_diff_se,
+            "keyword_hits_steered": s.hits_steered, "keyword_hits_unsteered": s.hits_unsteered,
+            "keyword_hits_diff": s.hits_diff, "keyword_hits_diff_se": s.hits_diff_se,
+            "rep3_steered": s.rep3_steered, "rep3_unsteered": s.rep3_unsteered,
+            "surprise_steered": s.surprise_steered, "surprise_unsteered": s.surprise_unsteered,
+            "fluent": not s.degenerate, "degenerate": s.degenerate,
+        }
+        for s in result.summaries
+    }
+    return {"model": result.model, "registry": result.registry, "encoder": result.encoder, "n_prompts": len(result.prompts),
+            "max_new_tokens": result.max_new_tokens, "domains": domains, "prompts": result.prompts, "outputs": result.outputs}
 
 
 def render(result: DemoResult, show: int = 3) -> list[Any]:
@@ -135,7 +177,8 @@ def render(result: DemoResult, show: int = 3) -> list[Any]:
     summary = Table(title=f"steered vs unsteered over {len(result.prompts)} held-out neutral prompts (paired by prompt, mean ± SE)",
                     caption=f"semantic: cosine to the domain's prompts minus cosine to neutral ones ({result.encoder or 'none'}); "
                             "kw: keyword hits per output")
-    for col in ("domain", "layer", "alpha", "semantic diff", "kw steered", "kw unsteered", "kw diff", "rep3 (unsteered)", "fluent"):
+    for col in ("domain", "layer", "alpha", "semantic diff", "kw steered", "kw unsteered", "kw diff", "rep3 (unsteered)",
+                "surprise (unsteered)", "fluent"):
         summary.add_column(col, justify="right" if col != "domain" else "left")
     for s in result.summaries:
         sem = "-" if s.semantic_diff is None else f"{s.semantic_diff:+.3f} ± {s.semantic_diff_se or 0:.3f}"
@@ -143,10 +186,14 @@ def render(result: DemoResult, show: int = 3) -> list[Any]:
             s.domain, str(s.layer), f"{s.alpha:g} {s.alpha_units[:3]}", sem,
             f"{s.hits_steered:.2f} ± {s.hits_steered_se:.2f}", f"{s.hits_unsteered:.2f} ± {s.hits_unsteered_se:.2f}",
             f"{s.hits_diff:+.2f} ± {s.hits_diff_se:.2f}", f"{s.rep3_steered:.2f} ({s.rep3_unsteered:.2f})",
-            "yes" if not s.degenerate else "degenerate",
+            _bits(s.surprise_steered) + f" ({_bits(s.surprise_unsteered)})", "yes" if not s.degenerate else "degenerate",
         )
     pieces.append(summary)
     return pieces
+
+
+def _bits(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def summary_lines(result: DemoResult) -> list[str]:
@@ -168,4 +215,4 @@ def default_prompts(n: int | None = None) -> list[str]:
     return prompts[:n] if n else prompts
 
 
-__all__ = ["DemoResult", "DomainSummary", "default_prompts", "render", "run_demo", "summary_lines"]
+__all__ = ["DemoResult", "DomainSummary", "default_prompts", "render", "run_demo", "summary_json", "summary_lines"]

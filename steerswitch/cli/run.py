@@ -44,7 +44,7 @@ def demo(
         console.print(fit(piece, console))
     for line in demo_mod.summary_lines(result):
         console.print(line)
-    write_json(json_out, result.model_dump())
+    write_json(json_out, demo_mod.summary_json(result))
 
 # ---- orchestrator: run -----------------------------------------------------------------------
 
