@@ -51,7 +51,10 @@ def test_eval_lm_runs_variants_pairs_them_and_resumes(tmp_path: Path, monkeypatc
     assert [r["filtered_resps"] for r in zero_rows] == [r["filtered_resps"] for r in base]
     assert [r["filtered_resps"] for r in strong] != [r["filtered_resps"] for r in base]
     run = json.loads((out / "run.json").read_text())
-    assert run["variants"]["bug_analysis@2"]["steers"][0]["alpha"] == pytest.approx(2 * 0.75)
+    from steerswitch.session import Session
+
+    registry_alpha = Session.load("tiny-coder").require_registry().entry("bug_analysis").alpha
+    assert run["variants"]["bug_analysis@2"]["steers"][0]["alpha"] == pytest.approx(2 * registry_alpha)
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((out / "run.json").stat().st_mode) == 0o666 & ~umask
@@ -139,11 +142,11 @@ def test_vectors_export_lm_eval_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     out = tmp_path / "steer.pt"
     assert main(["vectors", "export-lm-eval", "--domain", "bug_analysis", "--scale", "0.5", "--out", str(out)]) == 0
-    assert "layers.4 add" in capsys.readouterr().out
-    data = torch.load(out, weights_only=True)
     session = Session.load()
     entry = session.require_registry().entry("bug_analysis")
-    assert data["layers.4"]["steering_coefficient"] == pytest.approx(0.5 * entry.alpha * session.engine.layer_norms()[entry.layer], rel=1e-6)
+    assert f"layers.{entry.layer} add" in capsys.readouterr().out
+    data = torch.load(out, weights_only=True)
+    assert data[f"layers.{entry.layer}"]["steering_coefficient"] == pytest.approx(0.5 * entry.alpha * session.engine.layer_norms()[entry.layer], rel=1e-6)
     assert main(["vectors", "export-lm-eval", "--domain", "bug_analysis", "--out", str(tmp_path / "steer.bin")]) == 2
     assert ".pt" in capsys.readouterr().err
 

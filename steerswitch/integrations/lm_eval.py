@@ -28,7 +28,6 @@ Export to lm-eval's own `steered` model (`lm_eval/models/hf_steered.py`): see `e
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import re
@@ -242,12 +241,9 @@ class SteerSwitchLM(HFLM):  # type: ignore[misc]
         # HFLM passes the left-padded batch's attention_mask in generation_kwargs; transformers
         # derives position ids from it, and the engine reads each row's prompt end at the prefill.
         # A model's generation_config may set max_new_tokens (the shipped one does), which
-        # transformers prefers over the max_length HFLM passes: generate with a copy without it.
-        config = getattr(self.model, "generation_config", None)
-        if config is not None and getattr(config, "max_new_tokens", None) is not None and "generation_config" not in generation_kwargs:
-            config = copy.deepcopy(config)
-            config.max_new_tokens = None
-            generation_kwargs["generation_config"] = config
+        # transformers prefers over the max_length HFLM passes (and merges back in from the model's
+        # defaults, whatever config is passed): say the same limit as max_new_tokens.
+        generation_kwargs["max_new_tokens"] = max(1, int(max_length) - int(context.shape[1]))
         with self.engine.steering(self._plan()):
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
