@@ -35,13 +35,13 @@ def run(tmp_path_factory: pytest.TempPathFactory):
     calls: list[tuple[int, dict]] = []
     original = comp.score_texts
 
-    def spy(texts, token_ids, keyword_sets):
+    def spy(texts, token_ids, keyword_sets, scorer=None, domains=()):
         calls.append((id(keyword_sets), {k: list(v) for k, v in keyword_sets.items()}))
-        return original(texts, token_ids, keyword_sets)
+        return original(texts, token_ids, keyword_sets, scorer, domains)
 
     comp.score_texts = spy
     try:
-        result = comp.run_composition(engine, registry, comp.CompositionConfig(max_new_tokens=7), eval_prompts(3))
+        result = comp.run_composition(engine, registry, comp.CompositionConfig(max_new_tokens=7, encoder="hashing"), eval_prompts(3))
     finally:
         comp.score_texts = original
     return engine, registry, result, calls
@@ -152,3 +152,23 @@ def test_composition_quick_uses_pairs_and_fewer_prompts(tmp_path: Path) -> None:
     assert {len(g["domains"]) for g in data["results"]} == {2}
     assert len(data["prompts"]) == 12
     assert all(len(v["rows"]) == 12 for g in data["results"] for v in g["variants"].values())
+
+
+def test_every_variant_has_the_semantic_score_of_each_domain(run) -> None:
+    from steerswitch.benchmarks.metrics import semantic_scorer
+
+    _, registry, result, _ = run
+    scorer = semantic_scorer(registry, None, "hashing")
+    assert scorer is not None
+    for group in result.groups:
+        unsteered = group.variants["unsteered"].rows
+        for name, variant in group.variants.items():
+            for row in variant.rows:
+                assert set(row.semantic) == {*group.domains, "mean"}
+                for d in group.domains:  # the one scorer, the same way for every variant
+                    assert row.semantic[d] == pytest.approx(scorer.score([row.text], d)[0], abs=1e-6)
+                assert row.semantic["mean"] == pytest.approx(sum(row.semantic[d] for d in group.domains) / len(group.domains))
+            paired = variant.vs_unsteered["semantic.mean"]
+            expected = sum(r.semantic["mean"] - u.semantic["mean"] for r, u in zip(variant.rows, unsteered)) / len(unsteered)
+            assert paired.n == len(unsteered) and paired.mean == pytest.approx(expected)
+        assert "semantic.mean" in group.switch_minus_sum

@@ -15,7 +15,8 @@ same prompts, the variants are:
   segment is not continued.
 
 Invariants:
-- Every variant of a group is scored by one function (`score_texts`) with one keyword mapping:
+- Every variant of a group is scored by one function (`score_texts`): the semantic domain score
+  per domain of the group and their mean (`semantic.<domain>`, `semantic.mean`), and one keyword mapping:
   each involved domain's registry keywords plus "union" (all of them); per set, the mean hits per
   response (`keywords.<set>`) and the hit rate (responses with at least one hit, `hit_rate.<set>`). Generations shared between
   groups (unsteered, singles) are re-scored with each group's keywords.
@@ -36,7 +37,17 @@ import torch
 from pydantic import BaseModel, Field
 
 from steerswitch.errors import ArgumentError
-from steerswitch.benchmarks.metrics import Summary, distinct_n, keyword_count, paired_differences, rep_n, summarize, surprise_bits
+from steerswitch.benchmarks.metrics import (
+    SemanticScorer,
+    Summary,
+    distinct_n,
+    keyword_count,
+    paired_differences,
+    rep_n,
+    semantic_scorer,
+    summarize,
+    surprise_bits,
+)
 from steerswitch.engine import Steer, SteeringEngine
 
 UNSTEERED = "unsteered"
@@ -55,6 +66,7 @@ class CompositionConfig(BaseModel):
     batch_size: int = Field(default=64, ge=1)
     seed: int = 0
     bootstrap: int = 0
+    encoder: str = "auto"  # the semantic score's sentence encoder (metrics.load_encoder)
 
 
 class VariantRow(BaseModel):
@@ -62,6 +74,7 @@ class VariantRow(BaseModel):
     text: str | None
     token_ids: list[int]
     keywords: dict[str, int]  # domain -> hits, plus "union"
+    semantic: dict[str, float] = Field(default_factory=dict)  # domain -> semantic score, plus "mean" over the group
     rep3: float
     distinct2: float
     surprise: float | None
@@ -123,12 +136,21 @@ def keyword_sets_for(registry: Any, group: Sequence[str]) -> dict[str, list[str]
     return sets
 
 
-def score_texts(texts: Sequence[str | None], token_ids: Sequence[Sequence[int]], keyword_sets: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
-    """The one scorer for every variant: keyword hits per set, rep3 and distinct-2 per row."""
+def score_texts(
+    texts: Sequence[str | None], token_ids: Sequence[Sequence[int]], keyword_sets: Mapping[str, Sequence[str]],
+    scorer: SemanticScorer | None = None, domains: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """The one scorer for every variant: keyword hits per set, the semantic score per domain (and
+    their mean, when `scorer` has references for every domain), rep3 and distinct-2 per row."""
+    semantic: dict[str, list[float]] = {}
+    if scorer is not None and domains and all(d in scorer.domains for d in domains):
+        semantic = {d: scorer.score(texts, d) for d in domains}
+        semantic["mean"] = [sum(v[i] for v in semantic.values()) / len(domains) for i in range(len(texts))]
     out = []
-    for text, ids in zip(texts, token_ids):
+    for i, (text, ids) in enumerate(zip(texts, token_ids)):
         out.append({
             "keywords": {name: keyword_count(text or "", words) for name, words in keyword_sets.items()},
+            "semantic": {name: values[i] for name, values in semantic.items()},
             "rep3": rep_n(list(ids), 3),
             "distinct2": distinct_n(list(ids), 2),
         })
@@ -236,6 +258,7 @@ def run_composition(
     decode = (lambda t: engine.tokenizer.decode(t, skip_special_tokens=True)) if engine.tokenizer is not None else (lambda t: None)
     texts = {name: [decode(tokens) for tokens, _ in generated[name]] for name in all_names}
 
+    scorer = semantic_scorer(registry, domains, config.encoder)
     group_results = []
     for g, switch_name in zip(groups, switch_names):
         sets = keyword_sets_for(registry, g)
@@ -246,10 +269,10 @@ def run_composition(
         variants: dict[str, VariantResult] = {}
         for label, key, info in plan:
             tokens = [t for t, _ in generated[key]]
-            scores = score_texts(texts[key], tokens, sets)
+            scores = score_texts(texts[key], tokens, sets, scorer, g)
             rows = [
                 VariantRow(
-                    prompt_index=i, text=texts[key][i], token_ids=tokens[i], keywords=scores[i]["keywords"], rep3=scores[i]["rep3"],
+                    prompt_index=i, text=texts[key][i], token_ids=tokens[i], keywords=scores[i]["keywords"], semantic=scores[i]["semantic"], rep3=scores[i]["rep3"],
                     distinct2=scores[i]["distinct2"], surprise=surprise[key][i], segments=generated[key][i][1],
                 )
                 for i in range(n)
@@ -268,6 +291,7 @@ def _aggregates(rows: list[VariantRow], sets: Mapping[str, Any], config: Composi
     out = {f"keywords.{name}": summarize([r.keywords[name] for r in rows], b, seed=seed) for name in sets}
     # hit rate: the fraction of responses with at least one of the set's keywords
     out |= {f"hit_rate.{name}": summarize([float(r.keywords[name] > 0) for r in rows], b, seed=seed) for name in sets}
+    out |= {f"semantic.{name}": summarize([r.semantic[name] for r in rows], b, seed=seed) for name in _semantic_names(rows)}
     out["rep3"] = summarize([r.rep3 for r in rows], b, seed=seed)
     out["distinct2"] = summarize([r.distinct2 for r in rows], b, seed=seed)
     out["surprise"] = summarize([r.surprise for r in rows], b, seed=seed)
@@ -280,8 +304,16 @@ def _paired(rows: list[VariantRow], reference: list[VariantRow], sets: Mapping[s
         f"keywords.{name}": summarize(paired_differences([r.keywords[name] for r in rows], [r.keywords[name] for r in reference]), b, seed=seed)
         for name in sets
     }
+    out |= {
+        f"semantic.{name}": summarize(paired_differences([r.semantic[name] for r in rows], [r.semantic[name] for r in reference]), b, seed=seed)
+        for name in _semantic_names(rows)
+    }
     out["surprise"] = summarize(paired_differences([r.surprise for r in rows], [r.surprise for r in reference]), b, seed=seed)
     return out
+
+
+def _semantic_names(rows: list[VariantRow]) -> list[str]:
+    return list(rows[0].semantic) if rows else []
 
 
 def to_json(result: CompositionResult, env: dict[str, Any]) -> dict[str, Any]:
@@ -321,17 +353,23 @@ def tables(result: CompositionResult) -> list[Any]:
         table.add_column("Δ union", justify="right", overflow="fold")
         for d in g.domains:
             table.add_column(f"{d} kw", justify="right", overflow="fold")
+        semantic = "semantic.mean" in g.switch_minus_sum
+        if semantic:
+            table.add_column("Δ sem", justify="right", overflow="fold")
         table.add_column("rep3", justify="right", overflow="fold")
         table.add_column("surp", justify="right", overflow="fold")
         for name, v in g.variants.items():
             table.add_row(
                 name, fmt(v.aggregates["keywords.union"], compact=True), fmt(v.vs_unsteered["keywords.union"], compact=True),
-                *[fmt(v.aggregates[f"keywords.{d}"], compact=True) for d in g.domains], fmt(v.aggregates["rep3"], compact=True),
-                fmt(v.aggregates["surprise"], compact=True),
+                *[fmt(v.aggregates[f"keywords.{d}"], compact=True) for d in g.domains],
+                *([fmt(v.vs_unsteered["semantic.mean"], compact=True)] if semantic else []),
+                fmt(v.aggregates["rep3"], compact=True), fmt(v.aggregates["surprise"], compact=True),
             )
+        sem_note = (f"; switch − sum (semantic score, mean over the group's domains): {fmt(g.switch_minus_sum['semantic.mean'])}"
+                    if semantic else "")
         table.caption = (
-            f"switch − sum (union keyword hits, paired by prompt): {fmt(g.switch_minus_sum['keywords.union'])}; "
-            "kw: keyword hits (whole sub-words); surp: bits/token under the unsteered model"
+            f"switch − sum (union keyword hits, paired by prompt): {fmt(g.switch_minus_sum['keywords.union'])}{sem_note}; "
+            "kw: keyword hits (whole sub-words); Δ sem: semantic domain score paired vs unsteered; surp: bits/token under the unsteered model"
         )
         out.append(table)
     return out

@@ -102,6 +102,7 @@ def bench_composition(
     quick: bool = typer.Option(False, "--quick", help="pairs only, 12 prompts, 16 new tokens: about 4x faster; explicit options win"),
     scale: float = typer.Option(1.0, "--scale", help="multiplies every registry alpha"),
     repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty"),
+    encoder: str = typer.Option("auto", "--encoder", help="sentence encoder of the semantic score: minilm (the embeddings extra), hashing, or auto"),
     bootstrap: int = typer.Option(0, "--bootstrap", min=0),
     seed: int = typer.Option(0, "--seed"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON result here"),
@@ -123,7 +124,7 @@ def bench_composition(
     try:
         config = comp.CompositionConfig(
             model=model, registry=str(registry) if registry else None, domains=list(domain or []), group_sizes=_bench_ints(sizes, "--sizes"),
-            max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, scale=scale, seed=seed, bootstrap=bootstrap,
+            max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, scale=scale, seed=seed, bootstrap=bootstrap, encoder=encoder,
         )
         prompts = eval_prompts(prompts_n, prompt_file)
     except ValueError as e:
