@@ -179,6 +179,7 @@ def test_stream_order_and_content(client: TestClient) -> None:
         assert r["seconds"] > 0 and r["tokens_per_second"] == pytest.approx(n / r["seconds"])
         assert r["rep3"] == pytest.approx(rep_n(r["token_ids"], 3))
         assert set(r["keyword_hits"]) == {"test_writing", "bug_analysis", "patch_writing"}  # the domains the request names
+        assert set(r["semantic"]) == set(r["keyword_hits"]) and all(-2.0 <= v <= 2.0 for v in r["semantic"].values())
         if "\ufffd" not in r["text"]:
             assert "".join(t["text"] for t in tokens) == r["text"]
     assert res["unsteered"]["kl_first"] == 0.0 and res["unsteered"]["kl_mean"] == 0.0
@@ -352,3 +353,18 @@ def test_host_header_must_be_loopback(parts: tuple[Any, Any]) -> None:
         assert c.get("/api/health").status_code == 200
         assert c.get("/api/health", headers={"Host": "localhost:8000"}).status_code == 200
         assert c.get("/api/health", headers={"Host": "rebound.example:8000"}).status_code == 400
+
+
+def test_semantic_scores_come_from_the_one_scorer() -> None:
+    from steerswitch.arena.generation import _semantic_scores
+    from steerswitch.benchmarks.metrics import semantic_scorer
+    from steerswitch.session import Session
+
+    registry = Session.load("tiny-coder").require_registry()
+    text = "def test_parse():\n    assert parse('') == []"
+    scores = _semantic_scores(registry, ["test_writing", "bug_analysis"], text)
+    scorer = semantic_scorer(registry)
+    assert scorer is not None
+    assert scores == {d: pytest.approx(scorer.score([text], d)[0]) for d in ("test_writing", "bug_analysis")}
+    assert scores["test_writing"] > scores["bug_analysis"]  # a test reads as test writing
+    assert _semantic_scores(None, ["test_writing"], text) == {}

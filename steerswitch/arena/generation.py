@@ -11,7 +11,7 @@ Invariants:
 - Event order: `start`, then `token` events as rows produce text (interleaved across variants),
   then one `result` per variant (request order), then `done`. A failure emits `error` instead
   of the rest.
-- Metrics come from `steerswitch.benchmarks`: rep3 over token ids, keyword counts (whole
+- Metrics come from `steerswitch.benchmarks`: the semantic domain score per domain, rep3 over token ids, keyword counts (whole
   sub-words) for the registry domains the request names (all domains when it names none), and
   KL(steered || unsteered) in bits along each variant's own text, scored by one steered and one
   unsteered forward (`sweep.score_rows`), so the unsteered row's KL is 0 by construction.
@@ -36,7 +36,7 @@ from steerswitch.arena.schemas import (
     UnsteeredVariant,
     VariantDescription,
 )
-from steerswitch.benchmarks.metrics import first_divergence, keyword_count, rep_n, subwords
+from steerswitch.benchmarks.metrics import SemanticScorer, first_divergence, keyword_count, rep_n, semantic_scorer, subwords
 from steerswitch.benchmarks.sweep import score_rows
 from steerswitch.engine import Steer, SteeringEngine
 from steerswitch.engine.loading import context_limit
@@ -133,6 +133,23 @@ def _keyword_counts(registry: Any, domains: list[str], text: str) -> dict[str, i
     return counts
 
 
+_SCORERS: dict[int, tuple[Any, SemanticScorer | None]] = {}  # id(registry) -> (registry, its scorer)
+
+
+def _semantic_scores(registry: Any, domains: list[str], text: str) -> dict[str, float]:
+    """domain -> semantic domain score of `text` (`metrics.SemanticScorer`, built once per registry)."""
+    if registry is None or not domains:
+        return {}
+    cached = _SCORERS.get(id(registry))
+    if cached is None or cached[0] is not registry:
+        cached = (registry, semantic_scorer(registry))
+        _SCORERS[id(registry)] = cached
+    scorer = cached[1]
+    if scorer is None:
+        return {}
+    return {d: scorer.score([text], d)[0] for d in domains if d in scorer.domains}
+
+
 def run_generation(engine: SteeringEngine, registry: Any, prepared: PreparedGeneration, emit: Callable[[str, Any], None]) -> None:
     """The worker job: one batched generation, streamed through `emit`, then per-variant metrics."""
     variants = prepared.variants
@@ -175,6 +192,7 @@ def run_generation(engine: SteeringEngine, registry: Any, prepared: PreparedGene
             seconds=seconds,
             tokens_per_second=result.new_tokens / seconds if seconds > 0 else None,
             keyword_hits=_keyword_counts(registry, prepared.keyword_domains, text) if registry is not None else {},
+            semantic=_semantic_scores(registry, prepared.keyword_domains, text),
             rep3=rep_n(result.token_ids, 3),
             kl_first=score["kl_first"],
             kl_mean=score["kl_mean"],

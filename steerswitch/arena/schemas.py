@@ -337,6 +337,7 @@ class ResultEvent(BaseModel):
     seconds: float = Field(ge=0, description="from the batch's start to this variant's last token")
     tokens_per_second: float | None
     keyword_hits: dict[str, int] = Field(description="domain -> keyword matches (whole sub-words) in the text")
+    semantic: dict[str, float] = Field(default_factory=dict, description="domain -> semantic domain score of the text (cosine to the domain's prompts minus cosine to neutral ones)")
     rep3: float = Field(ge=0, le=1)
     kl_first: float | None = Field(description="KL(variant || unsteered) in bits at the first new token")
     kl_mean: float | None = Field(description="mean KL(variant || unsteered) in bits along the variant's text")

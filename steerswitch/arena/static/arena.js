@@ -201,6 +201,7 @@ export class ArenaView {
       items.push(["KL bits", fmt(r.kl_mean, 3)], ["KL first", fmt(r.kl_first, 3)]);
       if (r.first_divergence !== null && r.first_divergence !== undefined) items.push(["diverges at token", String(r.first_divergence)]);
     }
+    for (const [domain, v] of Object.entries(r.semantic || {})) items.push([`${domain} semantic`, fmt(v, 3)]);
     for (const [domain, n] of Object.entries(r.keyword_hits || {})) items.push([`${domain} keywords`, String(n)]);
     col.badges.replaceChildren(...items.map(([k, v]) => el("span", { class: "badge", title: k }, `${k} `, el("b", { text: v }))));
     col.root.classList.add("finished");
