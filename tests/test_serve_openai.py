@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from typing import Any, Iterator
@@ -179,9 +178,9 @@ def test_host_guard_and_body_limit(session: Session) -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from steerswitch.benchmarks.serve_bench import free_port
+
+    return free_port()
 
 
 def test_openai_client_against_uvicorn(session: Session) -> None:

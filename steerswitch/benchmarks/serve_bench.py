@@ -44,7 +44,8 @@ class ServeBenchConfig(BaseModel):
     batch_window_ms: float = Field(default=10.0, ge=0)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -137,7 +138,7 @@ def _summary(results: list[dict[str, float]], wall: float) -> dict[str, float]:
 def _serve(session: Any, limits: Any, run: Callable[[int], Any]) -> Any:
     from steerswitch.serve_openai import build_server
 
-    port = _free_port()
+    port = free_port()
     server = build_server(session, port=port, limits=limits, log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
