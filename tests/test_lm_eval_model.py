@@ -80,6 +80,18 @@ def test_baseline_matches_plain_hflm(session: Session) -> None:
     assert [g for _, g in ours] == [g for _, g in plain]
 
 
+def test_rolling_loglikelihood_goes_through_the_engine(session: Session) -> None:
+    """Perplexity tasks (loglikelihood_rolling) use the same scoring path: unsteered it matches
+    plain HFLM, steered it differs."""
+    texts = [SimpleNamespace(args=("def read(path):\n    with open(path) as f:\n        return f.read()\n",)),
+             SimpleNamespace(args=("import os\nprint(os.getcwd())\n",))]
+    ours = SteerSwitchLM(session=session, batch_size=2).loglikelihood_rolling(texts, disable_tqdm=True)
+    plain = HFLM(pretrained=session.model, tokenizer=session.tokenizer, batch_size=2).loglikelihood_rolling(texts, disable_tqdm=True)
+    steered = SteerSwitchLM(session=session, domain=DOMAIN, batch_size=2).loglikelihood_rolling(texts, disable_tqdm=True)
+    assert torch.allclose(torch.tensor(ours), torch.tensor(plain), atol=1e-3)
+    assert max(abs(a - b) for a, b in zip(ours, steered)) > 0.5
+
+
 @pytest.mark.parametrize("positions", ["all", "generated", "prompt"])
 def test_batched_with_padding_equals_unbatched(session: Session, positions: str) -> None:
     requests = _mc_requests(session)
