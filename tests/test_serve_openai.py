@@ -302,3 +302,18 @@ def test_bench_serve_measures_both_modes_on_the_same_requests(tmp_path: Any) -> 
     assert result["throughput_ratio"] == pytest.approx(many["tokens_per_s"] / one["tokens_per_s"])
     assert 0 < many["ttft_p50"] <= many["latency_p95"]
     assert len(result["batched_requests"]) == 6
+
+
+def test_serve_and_bench_name_a_bad_model_or_registry(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from steerswitch.cli.main import main
+
+    cases = [
+        (["serve-openai", "--registry", str(tmp_path / "none.yaml")], "--registry"),
+        (["bench", "serve", "--registry", str(tmp_path / "none.yaml")], "--registry"),
+        (["serve-openai", "--model", str(tmp_path / "no-model")], "--model"),
+        (["bench", "serve", "--model", str(tmp_path / "no-model")], "--model"),
+    ]
+    for args, flag in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert flag in err and err.count("\n") <= 2, err

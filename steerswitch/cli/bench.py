@@ -17,6 +17,7 @@ from steerswitch.cli.common import (
     _bench_floats,
     _bench_ints,
     _bench_progress,
+    load_session,
     write_json,
 )
 
@@ -62,17 +63,8 @@ def bench_serve(
     from rich.console import Console
 
     from steerswitch.benchmarks.serve_bench import ServeBenchConfig, render, run_serve_bench
-    from steerswitch.session import Session
-    from steerswitch.vectors.registry import RegistryError
 
-    if registry is not None and not registry.is_file():
-        raise typer.BadParameter(f"{registry}: no such file", param_hint="--registry")
-    try:
-        session = Session.load(model, registry if registry is not None else "auto", device=device)
-    except RegistryError as e:
-        raise bad_parameter(e, "--registry") from None
-    except (FileNotFoundError, OSError) as e:
-        raise bad_parameter(e, "--model") from None
+    session = load_session(model, registry, device)
     config = ServeBenchConfig(clients=clients, requests=requests, max_tokens=max_tokens, batching=batching,
                               batch_window_ms=batch_window_ms)
     console = Console()

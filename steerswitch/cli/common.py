@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -99,3 +99,20 @@ def bad_parameter(exc: BaseException, param_hint: str | None = None) -> typer.Ba
         return typer.BadParameter(exc.message, param_hint=flag_for(exc.argument))
     return typer.BadParameter(str(exc), param_hint=param_hint)
 
+
+def load_session(model: str, registry: "Path | str | None", device: str | None = None, default: str | None = "auto") -> Any:
+    """The one CLI path to a loaded `Session`: a missing --registry file, a registry error and a
+    model that cannot be loaded each become a usage error naming their flag. `default`: what a
+    missing --registry means ("auto": the model's own if it has one; "default": required; None: none)."""
+    from steerswitch.engine.loading import ModelNotFoundError
+    from steerswitch.session import Session
+    from steerswitch.vectors.registry import RegistryError
+
+    if isinstance(registry, Path) and not registry.is_file():
+        raise typer.BadParameter(f"{registry}: no such file", param_hint="--registry")
+    try:
+        return Session.load(model, str(registry) if isinstance(registry, Path) else (registry if registry is not None else default), device=device)
+    except RegistryError as e:
+        raise bad_parameter(e, "--registry") from None
+    except (ModelNotFoundError, FileNotFoundError, OSError) as e:
+        raise bad_parameter(e, "--model") from None

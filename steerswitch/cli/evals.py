@@ -8,7 +8,7 @@ from typing import Literal, Optional
 import typer
 
 from steerswitch.cli._app import eval_app
-from steerswitch.cli.common import DEFAULT_MODEL, write_json, bad_parameter
+from steerswitch.cli.common import DEFAULT_MODEL, bad_parameter, load_session, write_json
 from steerswitch.tables import fit
 
 _NEEDS_EXTRA = "lm-evaluation-harness is not installed: pip install 'steerswitch[lm-eval]'"
@@ -63,8 +63,6 @@ def eval_lm(
         )
     except ImportError:
         raise typer.BadParameter(_NEEDS_EXTRA) from None
-    from steerswitch.session import Session
-    from steerswitch.vectors.registry import RegistryError
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()]
     if not task_list:
@@ -78,10 +76,7 @@ def eval_lm(
         manager = task_manager(task_list, include_path)  # names checked before the model loads
     except LMEvalSteerError as e:
         raise bad_parameter(e) from None
-    try:
-        session = Session.load(model, registry if registry is not None else ("default" if steered else "auto"), device=device)
-    except RegistryError as e:
-        raise bad_parameter(e, "--registry") from None
+    session = load_session(model, registry, device, default="default" if steered else "auto")
     if steered:
         reg = session.require_registry()
         unknown = sorted({v.domain for v in steered if v.domain is not None and v.domain not in reg})

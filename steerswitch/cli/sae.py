@@ -8,21 +8,8 @@ from typing import Optional
 import typer
 
 from steerswitch.cli._app import sae_app
-from steerswitch.cli.common import DEFAULT_MODEL, write_json, bad_parameter
+from steerswitch.cli.common import DEFAULT_MODEL, bad_parameter, load_session, write_json
 from steerswitch.tables import fit
-
-
-def _session(model: str, registry: Optional[Path] | str):
-    from steerswitch.engine.loading import ModelNotFoundError
-    from steerswitch.session import Session
-    from steerswitch.vectors.registry import RegistryError
-
-    try:
-        return Session.load(model, registry=str(registry) if isinstance(registry, Path) else registry)
-    except ModelNotFoundError as e:
-        raise bad_parameter(e, "--model") from None
-    except RegistryError as e:
-        raise bad_parameter(e, "--registry") from None
 
 
 def _width(text: str) -> int:
@@ -56,7 +43,7 @@ def sae_train(
 
     from steerswitch.vectors.sae_train import SAETrainConfig, train_sae_on_model
 
-    session = _session(model, None)
+    session = load_session(model, None, default=None)
     config = SAETrainConfig(layer=layer, expansion=_width(width), k=k, tokens=tokens, seq_len=seq_len, lr=lr, seed=seed)
     console = Console()
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
@@ -111,7 +98,7 @@ def sae_features(
         autoencoder = SparseAutoencoder.load(sae)
     except SAEError as e:
         raise bad_parameter(e, "--sae") from None
-    session = _session(model, registry if registry is not None else "default")
+    session = load_session(model, registry, default="default")
     reg = session.require_registry()
     console = Console()
     windows: list[list[int]] = []

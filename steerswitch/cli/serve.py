@@ -8,7 +8,7 @@ from typing import Literal, Optional
 import typer
 
 from steerswitch.cli._app import app
-from steerswitch.cli.common import DEFAULT_MODEL, bad_parameter
+from steerswitch.cli.common import DEFAULT_MODEL, bad_parameter, load_session
 
 
 @app.command("serve")
@@ -59,17 +59,8 @@ def serve_openai_cmd(
     """An OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions) with per-request
     steering: model 'MODEL:DOMAIN[@SCALE][+DOMAIN...]' or the body field 'steer'."""
     from steerswitch.serve_openai import OpenAILimits, build_server
-    from steerswitch.session import Session
-    from steerswitch.vectors.registry import RegistryError
 
-    if registry is not None and not registry.is_file():
-        raise typer.BadParameter(f"{registry}: no such file", param_hint="--registry")
-    try:
-        session = Session.load(model, registry if registry is not None else "auto", device=device)
-    except RegistryError as e:
-        raise bad_parameter(e, "--registry") from None
-    except (FileNotFoundError, OSError) as e:
-        raise bad_parameter(e, "--model") from None
+    session = load_session(model, registry, device)
     limits = OpenAILimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_pending=max_pending,
                           max_batch=max_batch, batch_window_ms=batch_window_ms, batching=batching)
     try:

@@ -10,7 +10,7 @@ import typer
 from steerswitch.tables import fit
 
 from steerswitch.cli._app import vectors_app
-from steerswitch.cli.common import DEFAULT_MODEL, write_json, bad_parameter
+from steerswitch.cli.common import DEFAULT_MODEL, bad_parameter, load_session, write_json
 
 
 def _vectors_load_model(model: str, device: Optional[str]):
@@ -205,17 +205,12 @@ def vectors_export_lm_eval(
     norm); clamp -> clamp; ablate -> clamp to 0. rotate and prompt/generated positions do not map.
     lm-eval loads this file with torch.load(weights_only=False): give it only files you made.
     """
-    from steerswitch.session import Session
-    from steerswitch.vectors import RegistryError
 
     try:
         from steerswitch.integrations.lm_eval import LMEvalSteerError, export_hf_steered, hf_steered_config
     except ImportError:
         raise typer.BadParameter("lm-evaluation-harness is not installed: pip install 'steerswitch[lm-eval]'") from None
-    try:
-        session = Session.load(model, registry if registry is not None else "default", device=device)
-    except RegistryError as e:
-        raise bad_parameter(e, "--registry") from None
+    session = load_session(model, registry, device, default="default")
     reg = session.require_registry()
     if domain not in reg:
         raise typer.BadParameter(f"unknown domain '{domain}'; the registry has {', '.join(reg.domains)}", param_hint="--domain")

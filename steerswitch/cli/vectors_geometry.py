@@ -25,12 +25,12 @@ def vectors_bake(
     """Bake a domain's direction into the weights and check the result against the run-time reference."""
     from rich.console import Console
 
-    from steerswitch.cli.sae import _session
+    from steerswitch.cli.common import load_session
     from steerswitch.vectors.bake import BakeError, bake_domain
 
     if out.exists() and any(out.iterdir()):
         raise typer.BadParameter(f"{out} exists and is not empty; choose a new directory", param_hint="--out")
-    session = _session(model, registry if registry is not None else "default")
+    session = load_session(model, registry, default="default")
     reg = session.require_registry()
     if domain not in reg.domains:
         raise typer.BadParameter(f"unknown domain {domain!r}; the registry has {', '.join(reg.domains)}", param_hint="--domain")
