@@ -32,7 +32,8 @@ def sae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_sae_train_reports_standard_metrics(sae_dir: Path) -> None:
     report = json.loads((sae_dir / "report.json").read_text())
     m = report["metrics"]
-    assert report["d_sae"] == 2 * 192 and m["l0"] <= 8
+    hidden = json.loads((SHIPPED_REGISTRY.parent / "config.json").read_text())["hidden_size"]
+    assert report["d_sae"] == 2 * hidden and m["l0"] <= 8
     assert m["ce_zero_ablated"] > m["ce_clean"]  # zero-ablating a layer hurts
     assert (sae_dir / "sae" / "cfg.json").is_file() and (sae_dir / "sae" / "sae_weights.safetensors").is_file()
 

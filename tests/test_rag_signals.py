@@ -7,7 +7,7 @@ import math
 import pytest
 
 from steerswitch.rag.retriever import Retriever, RetrieverConfig, is_test_path
-from steerswitch.rag.signals import (DefinitionIndex, PathIndex, issue_identifiers, mentioned_files, ranking,
+from steerswitch.rag.signals import (DefinitionIndex, PastChanges, PathIndex, issue_identifiers, mentioned_files, ranking,
                                      named_test_sources)
 
 PATHS = ["src/pkg/__init__.py", "src/pkg/core/dataset.py", "src/pkg/core/utils.py", "src/pkg/io/utils.py",
@@ -97,3 +97,17 @@ def test_retriever_fuses_text_signals_and_explains() -> None:
     assert d.explain("`read_header` returns garbage", k=1)[0].contributions[0].detail == "read_header"
     with pytest.raises(ValueError, match="unknown text signal"):
         r.signal_scores(q, "nope")
+
+
+def test_past_changes_vote_for_the_files_similar_messages_edited() -> None:
+    past = PastChanges([
+        ("Fix crash when parsing dates in the CSV reader", ["pkg/reader.py"]),
+        ("Speed up buffered writes", ["pkg/writer.py"]),
+        ("Reformat: parsing, dates, reader, writer, everything", ["pkg/a.py", "pkg/b.py", "pkg/c.py", "pkg/reader.py"]),
+    ], top=20)
+    scores = past.scores("Reader crashes on dates before 1970 when parsing")
+    assert ranking(scores, sorted(scores))[0] == "pkg/reader.py"
+    # a sweeping change splits its score over its files: each gets less than the focused fix's file
+    assert scores["pkg/a.py"] < scores["pkg/reader.py"] and "pkg/writer.py" not in scores
+    assert PastChanges([]).scores("anything") == {}
+    assert PastChanges([("x y", ["a.py"])], top=1).matching("nothing in common") == []

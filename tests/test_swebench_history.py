@@ -88,3 +88,29 @@ def test_max_files_must_be_positive(history: tuple[RepoCache, dict[str, str]]) -
 
     with pytest.raises(ArgumentError, match="max_files"):
         mine_history(history[0], "o/lib", max_files=0)
+
+
+def test_repo_changes_newest_first_and_bounded(history: tuple[RepoCache, dict[str, str]]) -> None:
+    repos, c = history
+    changes = repos.changes("o/lib", c["two"])
+    assert [ch.sha for ch in changes[:2]] == [c["two"], c["revert"]]
+    assert changes[-1].sha == c["good"]  # the root commit has no parent to diff against
+    assert changes[0].parent == c["revert"] and dict(changes[0].files) == {"lib/a.py": "M", "lib/b.py": "M"}
+    assert len(repos.changes("o/lib", c["two"], max_count=3)) == 3
+
+
+def test_history_signal_sees_only_changes_up_to_the_base_commit(history: tuple[RepoCache, dict[str, str]]) -> None:
+    from steerswitch.rag.retriever import Retriever, RetrieverConfig
+
+    repos, c = history
+    cfg = RetrieverConfig(file_signals=("history",))
+    at_short = Retriever.build(repos, "o/lib", c["short"], config=cfg)
+    # the earlier change about loading A votes for lib/a.py; test files are not indexed, so not returned
+    assert at_short.signal_scores("A is wrong when loading", "history").keys() == {"lib/a.py"}
+    # a later change (the "excluded" fix) is not history yet at c["short"]
+    assert at_short.signal_scores("the dev instance's issue", "history") == {}
+    at_last = Retriever.build(repos, "o/lib", c["excluded"], config=cfg)
+    assert at_last.rank_files("the dev instance's issue", k=1) == ["lib/a.py"]
+    assert "dev instance" in at_last.explain("the dev instance's issue", k=1)[0].contributions[0].detail
+    assert Retriever.build(repos, "o/lib", c["short"], config=cfg.model_copy(update={"history_depth": 0})).signal_scores(
+        "A is wrong when loading", "history") == {}

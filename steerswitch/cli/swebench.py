@@ -222,7 +222,7 @@ def swebench_retrieve(
     split: Optional[str] = typer.Option(None),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write {k, recall, instances} as JSON"),
     signals: Optional[str] = typer.Option(
-        None, help="comma-separated file signals to fuse (default: the pipeline's): chunks, file, mentions, definitions, tests"),
+        None, help="comma-separated file signals to fuse (default: the pipeline's): chunks, file, mentions, definitions, tests, history"),
     cold: bool = typer.Option(False, help="re-read and re-index the repository for every instance (timing baseline)"),
     compare_cold: bool = typer.Option(False, help="run --cold first, then the cached run, and print the speed-up"),
     explain: Optional[str] = typer.Option(None, help="instance id: print its top files with each signal's contribution"),

@@ -23,14 +23,15 @@ class BM25Index:
     def __init__(self, docs: list[list[str]], k1: float = 1.2, b: float = 0.75, method: str = "lucene") -> None:
         self.n_docs = len(docs)
         self._bm25 = bm25s.BM25(k1=k1, b=b, method=method)
-        if self.n_docs:
+        indexed = any(docs)  # bm25s cannot index documents that hold no token at all
+        if indexed:
             self._bm25.index(docs, show_progress=False)
-        self._vocab: dict[str, int] = dict(self._bm25.vocab_dict) if self.n_docs else {}
+        self._vocab: dict[str, int] = dict(self._bm25.vocab_dict) if indexed else {}
 
     def scores(self, query: list[str]) -> np.ndarray:
         """BM25 score of every document for the query tokens."""
         ids = sorted({self._vocab[t] for t in query if t in self._vocab})
-        if not ids or not self.n_docs:
+        if not ids:
             return np.zeros(self.n_docs, dtype=np.float32)
         return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)
 

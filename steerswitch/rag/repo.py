@@ -19,8 +19,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -29,7 +30,7 @@ import git
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RepoCache", "RepoNotFoundError", "repo_dirname"]
+__all__ = ["Change", "RepoCache", "RepoNotFoundError", "repo_dirname"]
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
@@ -37,6 +38,19 @@ _REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 # an allow-list naming no real transport for old git), no credential prompts.
 _READ_ENV = {"GIT_NO_LAZY_FETCH": "1", "GIT_ALLOW_PROTOCOL": "none", "GIT_TERMINAL_PROMPT": "0"}
 GIT_TIMEOUT_S = 300  # a git read that hangs (a lock, a huge log) fails the instance instead of the run
+_SEP = "\x1e"  # between commits of a log
+_FIELD = "\x1f"  # between fields of one commit header
+
+
+@dataclass(frozen=True)
+class Change:
+    """One first-parent change: a commit and its diff against its first parent."""
+
+    sha: str
+    parent: str
+    date: str  # committer date, ISO 8601
+    message: str
+    files: Mapping[str, str] = field(default_factory=dict)  # path -> status letter (M, A, D, ...)
 
 
 def run_git(git_dir: str, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
@@ -170,6 +184,26 @@ class RepoCache:
             return self._run(repo, args).stdout.decode("utf-8", "replace")
         except git.GitCommandError as e:
             raise ValueError(f"{repo}: git {' '.join(args[:2])} failed: {_stderr(e)}") from e
+
+    def changes(self, repo: str, rev: str, exclude: Sequence[str] = (), max_count: int | None = None) -> list[Change]:
+        """First-parent changes of ``rev`` (``rev`` itself first, newest first) not reachable from
+        ``exclude``, at most ``max_count``; a merge counts as one change (its diff against the first
+        parent). Root commits are left out (no parent to diff against)."""
+        fmt = f"{_SEP}%H{_FIELD}%P{_FIELD}%cI{_FIELD}%B{_FIELD}"
+        limit = [f"--max-count={max_count}"] if max_count is not None else []
+        out = self.git_output(repo, ["log", rev, *[f"^{c}" for c in exclude], "--first-parent", "--diff-merges=first-parent",
+                                     "--name-status", "--no-renames", *limit, f"--format={fmt}"])
+        changes: list[Change] = []
+        for rec in out.split(_SEP)[1:]:
+            sha, parents, date, body, status = rec.split(_FIELD)
+            files: dict[str, str] = {}
+            for line in status.strip().splitlines():
+                parts = line.split("\t")
+                if len(parts) == 2:
+                    files[parts[1]] = parts[0]
+            if parents.split():
+                changes.append(Change(sha, parents.split()[0], date, body.strip(), MappingProxyType(files)))
+        return changes
 
     def _is_partial(self, repo: str) -> bool:
         r = self.open(repo)

@@ -12,8 +12,10 @@ Invariants:
   rankings named in ``config.file_signals``: ``chunks`` (each file's best chunk rank in each chunk
   ranking: not drowned by file length), ``file`` (whole-file BM25: evidence spread over several
   chunks), and the issue-text signals of ``rag.signals`` -- ``mentions`` (paths, modules, traceback
-  frames), ``definitions`` (names the file defines, weighted by rarity) and ``tests`` (sources
-  imported by the test files the text names). ``explain`` shows each signal's rank and share.
+  frames), ``definitions`` (names the file defines, weighted by rarity), ``tests`` (sources
+  imported by the test files the text names) and ``history`` (files edited by the earlier changes
+  whose messages resemble the text: only changes before ``commit``, at most ``history_depth``;
+  ``build`` reads them, ``from_files`` has none). ``explain`` shows each signal's rank and share.
 - ``build`` reads and analyses files through a ``CorpusCache`` keyed by blob sha (by default one
   shared by the process), so a later commit of the same repository only analyses changed files.
 - Results are deterministic: ties break by corpus order (sorted paths, then line order).
@@ -37,6 +39,7 @@ from steerswitch.rag.dense import DenseIndex, EmbeddingCache, Encoder
 from steerswitch.rag.repo import RepoCache
 from steerswitch.rag.signals import (
     DefinitionIndex,
+    PastChanges,
     PathIndex,
     issue_identifiers,
     mentioned_files,
@@ -49,8 +52,9 @@ __all__ = ["RetrieverConfig", "Retriever", "ScoredChunk", "FileExplanation", "Si
            "rrf", "shared_corpus", "FILE_SIGNALS", "fuse_rankings"]
 
 Mode = Literal["bm25", "dense", "hybrid"]
-FileSignal = Literal["chunks", "file", "mentions", "definitions", "tests"]
-FILE_SIGNALS: tuple[str, ...] = ("chunks", "file", "mentions", "definitions", "tests")
+FileSignal = Literal["chunks", "file", "mentions", "definitions", "tests", "history"]
+FILE_SIGNALS: tuple[str, ...] = ("chunks", "file", "mentions", "definitions", "tests", "history")
+TEXT_SIGNALS: tuple[str, ...] = ("mentions", "definitions", "tests", "history")
 
 _TEST_DIRS = {"test", "tests", "testing"}
 
@@ -106,6 +110,8 @@ class RetrieverConfig(BaseModel):
     # RRF weight per file signal (absent = 1.0); "chunks" weights each chunk ranking
     signal_weights: dict[FileSignal, float] = Field(default_factory=dict)
     candidates: int = Field(1000, gt=0)  # depth of each ranking fed to fusion
+    history_depth: int = Field(2000, ge=0)  # earlier first-parent changes the "history" signal searches
+    history_top: int = Field(20, gt=0)  # most similar earlier changes that vote
 
 
 @dataclass(frozen=True)
@@ -156,7 +162,8 @@ class Retriever:
     def __init__(self, files: dict[str, str] | None = None, config: RetrieverConfig | None = None,
                  encoder: Encoder | None = None, cache: EmbeddingCache | None = None, progress: bool = False, *,
                  records: Sequence[FileRecord] | None = None, context_files: dict[str, str] | None = None,
-                 all_paths: Sequence[str] | None = None, imports_of: Callable[[str], Sequence[str]] | None = None) -> None:
+                 all_paths: Sequence[str] | None = None, imports_of: Callable[[str], Sequence[str]] | None = None,
+                 past_changes: PastChanges | None = None) -> None:
         self.config = config or RetrieverConfig()
         self.encoder = encoder
         self.cache = cache
@@ -187,6 +194,7 @@ class Retriever:
             lambda p: python_imports(p, ctx[p]) if p in ctx else ())
         self.path_index = PathIndex([*self.paths, *ctx, *(all_paths or ())])
         self.definitions = DefinitionIndex({r.path: r.definitions for r in recs})
+        self.past_changes = past_changes or PastChanges([], top=cfg.history_top)
         self.dense: DenseIndex | None = None
         self.n_embedded = 0  # chunks this build sent to the encoder (cache misses)
         if encoder is not None and cfg.mode != "bm25":
@@ -230,8 +238,15 @@ class Retriever:
         records = [r for r in corpus.records(repos, repo, commit, cls.corpus_paths(repos, repo, commit, cfg))
                    if len(r.text.encode("utf-8", "replace")) <= cfg.max_file_bytes]
         all_paths = repos.list_files(repo, commit, cfg.suffixes)
+        past = None
+        if "history" in cfg.file_signals and cfg.history_depth:
+            indexed = {r.path for r in records}
+            # ``commit`` is the base: the changes are its own and earlier ones, never a later fix
+            past = PastChanges([(ch.message, [p for p in ch.files if p in indexed])
+                                for ch in repos.changes(repo, commit, max_count=cfg.history_depth)
+                                if any(p in indexed for p in ch.files)], top=cfg.history_top)
         r = cls(config=cfg, encoder=encoder, cache=cache, progress=progress, records=records, all_paths=all_paths,
-                imports_of=lambda p: corpus.imports(repos, repo, commit, p))
+                imports_of=lambda p: corpus.imports(repos, repo, commit, p), past_changes=past)
         r.repo, r.commit = repo, commit
         return r
 
@@ -286,15 +301,17 @@ class Retriever:
                 for r, (i, s) in enumerate(zip(order, score), start=1)]
 
     def signal_scores(self, query: str, signal: str) -> dict[str, float]:
-        """path -> score of one issue-text signal (``mentions``, ``definitions`` or ``tests``) over indexed files."""
+        """path -> score of one issue-text signal (``mentions``, ``definitions``, ``tests`` or ``history``) over indexed files."""
         if signal == "mentions":
             got = mentioned_files(query, self.path_index)
         elif signal == "definitions":
             got = self.definitions.scores(issue_identifiers(query))
         elif signal == "tests":
             got = named_test_sources(query, self.path_index, is_test_path, self._imports_of, self.paths)
+        elif signal == "history":
+            got = self.past_changes.scores(query)
         else:
-            raise ValueError(f"unknown text signal {signal!r} (expected mentions, definitions or tests)")
+            raise ValueError(f"unknown text signal {signal!r} (expected one of {', '.join(TEXT_SIGNALS)})")
         return {p: v for p, v in got.items() if p in self._path_idx}
 
     def _file_rankings(self, query: str, mode: Mode) -> list[tuple[str, list[int], float]]:
@@ -312,7 +329,7 @@ class Retriever:
                 out.append((f"chunks:{name}", list(seen), w.get("chunks", 1.0)))
         if mode != "dense" and self.file_bm25 is not None:
             out.append(("file", self._order(self.file_bm25.scores(code_tokens(query)), cfg.candidates), w.get("file", 1.0)))
-        for sig in ("mentions", "definitions", "tests"):
+        for sig in TEXT_SIGNALS:
             if sig in cfg.file_signals:
                 order = signal_ranking(self.signal_scores(query, sig), self.paths)[: cfg.candidates]
                 out.append((sig, [self._path_idx[p] for p in order], w.get(sig, 1.0)))  # type: ignore[call-overload]
@@ -340,10 +357,19 @@ class Retriever:
             for name, order, wt in rankings:
                 if i in order:
                     r = order.index(i) + 1
-                    detail = ", ".join(self.definitions.matches(ident, path)[:5]) if name == "definitions" else ""
+                    detail = self._detail(name, ident, query, path)
                     contribs.append(SignalContribution(name, r, wt / (self.config.rrf_k + r), detail))
             out.append(FileExplanation(path, rank, score, contribs))
         return out
+
+    def _detail(self, signal: str, ident: set[str], query: str, path: str) -> str:
+        if signal == "definitions":
+            return ", ".join(self.definitions.matches(ident, path)[:5])
+        if signal == "history":
+            pc = self.past_changes
+            hits = [pc.messages[i].splitlines()[0][:60] for i, _ in pc.matching(query) if path in pc.files[i]]
+            return " | ".join(hits[:2])
+        return ""
 
     def rank_files(self, query: str, k: int = 10, mode: Mode | None = None) -> list[str]:
         """The ``k`` most relevant file paths for ``query``, best first."""

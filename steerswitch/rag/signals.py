@@ -19,6 +19,10 @@ repositories they were never run on. ``Retriever`` fuses them with its BM25/dens
   fused ranking keeps only order, so even a tiny weight would rank such files).
 - ``named_test_sources``: test files the issue names (by path, node id, dotted module or traceback) mapped
   to the source files they import; a test file importing n repository files gives each ``1 / n``.
+- ``PastChanges``: the repository's own earlier changes (commits before the base commit, so never
+  the fix itself) whose messages resemble the issue (BM25) vote for the files they edited; a change's
+  score is split over its files. Bugs recur where related changes were made before (the
+  "similar bug reports" signal of BugLocator, Zhou et al., ICSE 2012).
 """
 
 from __future__ import annotations
@@ -26,11 +30,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from steerswitch.rag.corpus import module_name
+from steerswitch.rag.tokens import code_tokens
+
+if TYPE_CHECKING:
+    from steerswitch.rag.bm25 import BM25Index
 
 __all__ = ["PathIndex", "mentioned_files", "mentioned_paths", "issue_identifiers", "DefinitionIndex", "named_test_sources",
-           "ranking"]
+           "ranking", "PastChanges"]
 
 _PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[\w.\-]+[/\\])*[\w\-]+\.pyi?(?![\w])")
 _DOTTED_RE = re.compile(r"(?<![\w./\\])[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
@@ -203,3 +212,38 @@ def named_test_sources(text: str, index: PathIndex, is_test: Callable[[str], boo
         for p in found:
             out[p] = out.get(p, 0.0) + 1.0 / len(found)
     return out
+
+
+class PastChanges:
+    """Earlier changes (message, edited files) searched by message; their files ranked by the matches.
+
+    ``top`` changes at most vote (a long tail of weak lexical matches is noise); a change editing n
+    files gives each ``score / n``, so sweeping refactors count little. Built lazily on first use.
+    """
+
+    def __init__(self, changes: Sequence[tuple[str, Sequence[str]]], top: int = 20) -> None:
+        self.messages = [m for m, _ in changes]
+        self.files = [tuple(f) for _, f in changes]
+        self.top = top
+        self._index: BM25Index | None = None
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def matching(self, text: str) -> list[tuple[int, float]]:
+        """(change index, BM25 score) of the ``top`` changes most like ``text``, best first."""
+        if not self.messages:
+            return []
+        if self._index is None:
+            from steerswitch.rag.bm25 import BM25Index  # bm25s belongs to the rag extra
+
+            self._index = BM25Index([code_tokens(m) for m in self.messages])
+        return self._index.top(code_tokens(text), self.top)
+
+    def scores(self, text: str) -> dict[str, float]:
+        """path -> summed share of the matching changes' scores."""
+        out: dict[str, float] = {}
+        for i, score in self.matching(text):
+            for p in self.files[i]:
+                out[p] = out.get(p, 0.0) + score / len(self.files[i])
+        return out

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from steerswitch.errors import ArgumentError
 from steerswitch.rag.repo import RepoCache
@@ -39,29 +38,6 @@ _MERGE_LINE_RE = re.compile(r"^Merge (?:pull request|branch) .*$", re.MULTILINE)
 _TRAILER_RE = re.compile(r"^[A-Z][\w-]*-by: .*$", re.MULTILINE)
 _SKIP_RE = re.compile(r"^\s*(?:Revert\b|Bump\b|\[pre-commit\.ci\])", re.IGNORECASE)
 _NUM_RE = re.compile(r"(?:#|\bgh-|issues/|pull/)(\d+)", re.IGNORECASE)
-_SEP = "\x1e"  # between commits
-_FIELD = "\x1f"  # between fields of one commit header
-
-
-def _changes(repos: RepoCache, repo: str, rev: str, exclude: Sequence[str]) -> list[dict[str, Any]]:
-    """First-parent changes of ``rev`` not reachable from ``exclude``: sha, parent, date, message, file statuses."""
-    fmt = f"{_SEP}%H{_FIELD}%P{_FIELD}%cI{_FIELD}%B{_FIELD}"
-    out = repos.git_output(repo, ["log", rev, *[f"^{c}" for c in exclude], "--first-parent", "--diff-merges=first-parent",
-                                  "--name-status", "--no-renames", f"--format={fmt}"])
-    changes: list[dict[str, Any]] = []
-    for rec in out.split(_SEP)[1:]:
-        sha, parents, date, body, status = rec.split(_FIELD)
-        files: dict[str, str] = {}
-        for line in status.strip().splitlines():
-            parts = line.split("\t")
-            if len(parts) == 2:
-                files[parts[1]] = parts[0]
-        if parents.split():
-            changes.append({"sha": sha, "parent": parents.split()[0], "date": date, "message": body.strip(),
-                            "files": files})
-    return changes[::-1]  # oldest first
-
-
 def mine_history(repos: RepoCache, repo: str, rev: str = "HEAD", exclude: Sequence[str] = (), max_files: int = 3,
                  min_words: int = 4, limit: int | None = None, exclude_refs: Iterable[int] = ()) -> list[dict[str, str]]:
     """SWE-bench-schema instances from ``repo``'s history (see the module invariants)."""
@@ -69,34 +45,34 @@ def mine_history(repos: RepoCache, repo: str, rev: str = "HEAD", exclude: Sequen
         raise ArgumentError("max_files", f"must be >= 1, got {max_files}")
     rows: list[dict[str, str]] = []
     banned = set(exclude_refs)
-    for ch in _changes(repos, repo, rev, exclude):
-        if not REF_RE.search(ch["message"]) or _SKIP_RE.match(ch["message"]):
+    for ch in reversed(repos.changes(repo, rev, exclude)):  # oldest first
+        if not REF_RE.search(ch.message) or _SKIP_RE.match(ch.message):
             continue
-        if banned & {int(n) for n in _NUM_RE.findall(ch["message"])}:
+        if banned & {int(n) for n in _NUM_RE.findall(ch.message)}:
             continue
-        text = _TRAILER_RE.sub("", _MERGE_LINE_RE.sub("", ch["message"])).strip()
+        text = _TRAILER_RE.sub("", _MERGE_LINE_RE.sub("", ch.message)).strip()
         if len(text.split()) < min_words:
             continue
-        src = {p: s for p, s in ch["files"].items() if p.endswith(".py") and not is_test_path(p)}
+        src = {p: s for p, s in ch.files.items() if p.endswith(".py") and not is_test_path(p)}
         if not src or len(src) > max_files or any(s != "M" for s in src.values()):
             continue
         gold = sorted(src)
-        patch = repos.git_output(repo, ["diff", ch["parent"], ch["sha"], "--", *gold])
+        patch = repos.git_output(repo, ["diff", ch.parent, ch.sha, "--", *gold])
         if not patch.strip():
             continue
         rows.append({
             "repo": repo,
-            "instance_id": f"{repo.replace('/', '__')}-h{ch['sha'][:10]}",
-            "base_commit": ch["parent"],
+            "instance_id": f"{repo.replace('/', '__')}-h{ch.sha[:10]}",
+            "base_commit": ch.parent,
             "patch": patch,
             "test_patch": "",
             "problem_statement": text,
             "hints_text": "",
-            "created_at": ch["date"],
+            "created_at": ch.date,
             "version": "",
             "FAIL_TO_PASS": "[]",
             "PASS_TO_PASS": "[]",
-            "environment_setup_commit": ch["parent"],
+            "environment_setup_commit": ch.parent,
         })
     if limit is not None and len(rows) > limit:
         step = len(rows) / limit
