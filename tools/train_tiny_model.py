@@ -87,6 +87,9 @@ USER_TEMPLATES = [
     "Write a Python function `{name}` that does the following:\n{doc}",
     "Implement `{signature}`.\n{doc}",
 ]
+# Added with --chat-explain (v2): the issue's phrasing of the two chat tasks.
+V2_USER_TEMPLATES = ["Write `{signature}`."]
+EXPLAIN_TEMPLATE = "What does `{name}` do?"
 
 # Shipped generation defaults (generation_config.json); the card's samples use the same settings
 # with a shorter max_new_tokens. Greedy decoding of a model this small loops without a guard.
@@ -198,9 +201,28 @@ def _first_paragraph(doc: str) -> str:
     return textwrap.dedent(doc).strip().split("\n\n")[0].strip()
 
 
-def chat_samples(stdlib: Path, files: list[CorpusFile], limit: int, seed: int) -> list[str]:
-    """ChatML conversations built from documented functions of the given files (seeded subset)."""
-    candidates: list[tuple[str, str, str, str]] = []  # name, signature, doc, source
+def _documented_functions(tree: ast.Module) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """(qualified name inside the module, node) for top-level functions and class methods."""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node.name, node
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    yield f"{node.name}.{item.name}", item
+
+
+def chat_samples(
+    stdlib: Path, files: list[CorpusFile], limit: int, seed: int, explain_fraction: float = 0.0
+) -> list[str]:
+    """ChatML conversations built from documented functions of the given files (seeded subset).
+
+    Two kinds: *write* (user asks for the function, by its docstring or as "Write
+    `name(args)`"; assistant = the function) and, for ``explain_fraction`` of them, *explain*
+    (user asks "What does `module.name` do?"; assistant = the docstring's first paragraph).
+    ``explain_fraction=0`` reproduces v1's samples exactly (same candidates, same draws).
+    """
+    candidates: list[tuple[str, str, str, str]] = []  # dotted name, signature, doc, source
     for entry in files:
         if entry.kind != "code":
             continue
@@ -209,10 +231,14 @@ def chat_samples(stdlib: Path, files: list[CorpusFile], limit: int, seed: int) -
             tree = ast.parse(text)
         except (SyntaxError, ValueError):  # stdlib test data includes deliberately bad syntax
             continue
+        module = entry.path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
         lines = text.splitlines(keepends=True)
-        for node in ast.walk(tree):
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
+        walk = (
+            ((node.name, node) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+            if explain_fraction == 0.0
+            else _documented_functions(tree)
+        )
+        for qualname, node in walk:
             doc = ast.get_docstring(node)
             if not doc or node.name.startswith("_") or node.end_lineno is None:
                 continue
@@ -226,16 +252,22 @@ def chat_samples(stdlib: Path, files: list[CorpusFile], limit: int, seed: int) -
                 continue
             source = textwrap.dedent(source)
             signature = source.split(":\n", 1)[0].removeprefix("async ").removeprefix("def ")
-            candidates.append((node.name, signature, summary, source))
+            name = qualname if explain_fraction == 0.0 else f"{module}.{qualname}"
+            candidates.append((name, signature, summary, source))
     rng = random.Random(seed)
     rng.shuffle(candidates)
     samples: list[str] = []
     for name, signature, doc, source in candidates[:limit]:
-        user = rng.choice(USER_TEMPLATES).format(name=name, signature=signature, doc=doc)
         messages = []
+        if explain_fraction and rng.random() < explain_fraction:
+            user, answer = EXPLAIN_TEMPLATE.format(name=name), doc
+        else:
+            templates = USER_TEMPLATES + (V2_USER_TEMPLATES if explain_fraction else [])
+            user = rng.choice(templates).format(name=name.rsplit(".", 1)[-1], signature=signature, doc=doc)
+            answer = source.rstrip()
         if rng.random() < 0.5:
             messages.append(("system", rng.choice(SYSTEM_PROMPTS)))
-        messages += [("user", user), ("assistant", source.rstrip() + "\n")]
+        messages += [("user", user), ("assistant", answer + "\n")]
         samples.append("".join(f"{IM_START}{role}\n{content}{IM_END}\n" for role, content in messages))
     return samples
 
@@ -355,6 +387,28 @@ def mean_loss(model, windows: torch.Tensor, device: str, batch: int) -> float:
         count += len(chunk)
     model.train()
     return total / count
+
+
+def held_out_bits_per_byte(model, tokenizer, docs: list[str], seq_len: int, device: str, batch: int = 8) -> float:
+    """Bits per UTF-8 byte over the whole held-out stream (non-overlapping windows).
+
+    Loss per token depends on the tokenizer; bits per byte of the same files does not, so this is
+    the number that compares models with different tokenizers (v1 vs --isolate-newlines v2).
+    """
+    stream = encode_stream(tokenizer, docs)
+    n_windows = len(stream) // seq_len
+    windows = stream[: n_windows * seq_len].view(n_windows, seq_len).long()
+    total_nats, predicted = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, n_windows, batch):
+            x = windows[start : start + batch].to(device)
+            logits = model(input_ids=x).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
+            total_nats += nll.item()
+            predicted += x[:, 1:].numel()
+    covered_bytes = sum(len(d.encode("utf-8")) for d in docs) * (predicted / len(stream))
+    return total_nats / math.log(2) / covered_bytes
 
 
 def default_intermediate(hidden: int) -> int:
@@ -491,6 +545,7 @@ gradient clipping 1.0, {log['train']['threads']} CPU thread(s) ({log['environmen
 | final train loss (mean of last interval) | {log['final_train_loss']:.3f} |
 | final validation loss (held-out files) | {log['final_val_loss']:.3f} (perplexity {math.exp(log['final_val_loss']):.1f}) |
 | validation loss on held-out chat samples | {log['final_val_chat_loss']:.3f} |
+| bits per byte on the held-out files (`--score-only`; compares tokenizers) | {log.get('val_bits_per_byte', float('nan')):.3f} |
 | saved checkpoint | step {log['best_step']:,}, validation loss {log['best_val_loss']:.3f} |
 
 Losses over time are in `training_log.json`.
@@ -539,6 +594,10 @@ def main(
     val_windows: int = typer.Option(48, help="Validation windows per evaluation."),
     val_fraction: float = typer.Option(0.04, help="Fraction of code files held out."),
     chat_samples_n: int = typer.Option(3000, "--chat-samples", help="ChatML conversations added to training."),
+    chat_explain: float = typer.Option(
+        0.0, help='Fraction of chat samples that ask "What does `module.name` do?" (answer: the docstring); '
+        '0 = v1 samples only.'
+    ),
     max_file_kb: int = typer.Option(200, help="Skip code files larger than this."),
     threads: int = typer.Option(
         1, help="torch.set_num_threads. On a CPU shared with other jobs, 1 trained 8x faster than 2 (measured)."
@@ -547,6 +606,10 @@ def main(
     no_samples: bool = typer.Option(False, "--no-samples", help="Skip greedy samples and the model card."),
     isolate_newlines: bool = typer.Option(
         False, "--isolate-newlines", help='Make every "\\n" its own token (not the shipped tokenizer).'
+    ),
+    score_only: bool = typer.Option(
+        False, "--score-only", help="Do not train: record bits/byte of the model in --out on the held-out files "
+        "of --manifest (default: --out's own manifest) in its training_log.json.",
     ),
     card_only: bool = typer.Option(
         False, "--card-only", help="Do not train: rewrite generation_config, samples and MODEL_CARD.md in --out."
@@ -559,6 +622,23 @@ def main(
         torch.set_num_threads(threads)
         write_samples_and_card(out)
         console.log(f"rewrote samples and MODEL_CARD.md in {out}")
+        return
+
+    if score_only:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        held_out = [f for f in load_manifest_corpus(stdlib, manifest or out / "corpus_manifest.json") if f.split == "val"]
+        docs = [d for f in held_out for d in file_documents(stdlib, f)]
+        bpb = held_out_bits_per_byte(
+            AutoModelForCausalLM.from_pretrained(out).to(device), AutoTokenizer.from_pretrained(out), docs, seq_len, device
+        )
+        log_path = out / "training_log.json"
+        log = json.loads(log_path.read_text())
+        log["val_bits_per_byte"] = round(bpb, 4)
+        log_path.write_text(json.dumps(log, indent=1) + "\n")
+        console.log(f"{out}: {bpb:.4f} bits/byte on {len(held_out)} held-out files")
         return
 
     t_start = time.time()
@@ -595,8 +675,8 @@ def main(
 
     train_docs = [d for f in train_files for d in file_documents(stdlib, f)]
     val_docs = [d for f in val_files for d in file_documents(stdlib, f)]
-    chats = chat_samples(stdlib, train_files, chat_samples_n, seed)
-    val_chats = chat_samples(stdlib, val_files, max(50, chat_samples_n // 20), seed)
+    chats = chat_samples(stdlib, train_files, chat_samples_n, seed, chat_explain)
+    val_chats = chat_samples(stdlib, val_files, max(50, chat_samples_n // 20), seed, chat_explain)
     docs = train_docs + chats
     random.Random(seed).shuffle(docs)
     console.log(f"corpus: {len(train_files)} train / {len(val_files)} val files, {len(chats)} chat samples")
@@ -729,7 +809,7 @@ def main(
                   "schedule": "step-based" if steps else "wall-clock", "budget_minutes": minutes, "steps_arg": steps},
         "corpus": {"python_version": platform.python_version(), "files": len(files),
                    "bytes": sum(f.bytes for f in files), "val_files": len(val_files),
-                   "max_file_kb": max_file_kb, "chat_samples": len(chats),
+                   "max_file_kb": max_file_kb, "chat_samples": len(chats), "chat_explain": chat_explain,
                    "train_tokens": len(train_stream), "val_tokens": len(val_stream),
                    "val_chat_tokens": len(val_chat_stream)},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
