@@ -114,6 +114,20 @@ def test_retrieve_json(world: dict[str, Path], tmp_path: Path) -> None:
     assert d["recall"]["1"] <= d["recall"]["5"] <= d["recall"]["10"]
 
 
+def test_retrieve_hybrid_fuses_dense_chunk_rankings(world: dict[str, Path], tmp_path: Path) -> None:
+    common = ["swebench", "retrieve", "--dataset", world["data"], "--repos-dir", world["repos"], "--cache-dir",
+              tmp_path / "cache", "--encoder", "hashing", "--keep-rankings", "5"]
+    res = _invoke(*common, "--mode", "hybrid", "--json", tmp_path / "hybrid.json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "hybrid.json").read_text())["instances"]
+    assert all({"chunks:bm25", "chunks:dense", "file"} <= set(r["rankings"]) for r in rows)
+    res = _invoke(*common, "--mode", "dense", "--json", tmp_path / "dense.json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "dense.json").read_text())["instances"]
+    assert all("chunks:dense" in r["rankings"] and "chunks:bm25" not in r["rankings"] for r in rows)
+    assert _invoke(*common, "--mode", "sparse").exit_code == 2
+
+
 def test_check_gold_json_and_failure_exit(world: dict[str, Path], tmp_path: Path) -> None:
     res = _invoke("swebench", "check-gold", "--dataset", world["data"], "--repos-dir", world["repos"],
                   "--cache-dir", tmp_path / "cache", "--json", tmp_path / "gold.json")

@@ -456,6 +456,37 @@ def write_samples_and_card(out: Path) -> None:
     write_model_card(out, log)
 
 
+def _versions_section(out: Path, log: dict) -> str:
+    """v1 next to this model, when ``training_log_v1.json`` (v1's log, scored with --score-only) is in ``out``."""
+    path = out / "training_log_v1.json"
+    if not path.is_file():
+        return ""
+    v1 = json.loads(path.read_text())
+
+    def row(name: str, lg: dict) -> str:
+        tok = "newlines isolated" if lg.get("tokenizer", {}).get("isolate_newlines") else "GPT-2 regex"
+        bpb = lg.get("val_bits_per_byte")
+        return (f"| {name} | {lg['parameters']:,} | {tok} | {lg['train_seconds'] / 60:.0f} min | {lg['tokens_seen']:,} | "
+                f"{lg['final_val_loss']:.3f} | {'n/a' if bpb is None else f'{bpb:.3f}'} | {lg['final_val_chat_loss']:.3f} |")
+
+    return f"""
+### Versions
+
+Both were trained and validated on the same held-out files (`corpus_manifest.json`). Loss per token
+depends on the tokenizer, so bits per byte of the held-out files is the comparable figure. v1's log
+is `training_log_v1.json`; its recipe is:
+
+```
+{v1['command']}
+```
+
+| version | parameters | tokenizer | training | tokens seen | val loss / token | val bits / byte | chat val loss / token |
+|---|---|---|---|---|---|---|---|
+{row("v1", v1)}
+{row("this model", log)}
+"""
+
+
 def _registry_section(card: Path) -> str:
     """Keep a filled-in '## Domain registry' section of an existing card across rebuilds."""
     placeholder = "## Domain registry\n\n(filled in by the registry build)\n"
@@ -487,6 +518,13 @@ def write_model_card(out: Path, log: dict) -> None:
             "the indentation; ChatML prompts (`<|im_start|>assistant\\n` then code at column 0) are unaffected.\n"
             "(`--isolate-newlines` trains a tokenizer without this effect.)"
         )
+    explain = corpus.get("chat_explain", 0.0)
+    chat_note = (
+        "the user asks for a function (by its docstring summary, or as \"Write `name(args)`.\") and the\n"
+        "assistant turn is the function"
+        + (f"; in {explain:.0%} of them the user asks \"What does `module.name` do?\" and the answer is\n"
+           "the docstring's first paragraph." if explain else ".")
+    )
     card = f"""# tiny-coder
 
 The embedded default model of steerswitch: a small Llama trained from scratch on the Python
@@ -516,8 +554,8 @@ The `.py` files of the CPython {corpus['python_version']} standard library (incl
 {corpus['bytes'] / 1e6:.1f} MB; `encodings/`, `idlelib/`, `lib2to3/`, `site-packages/`, code files
 over {corpus['max_file_kb']} KB and non-UTF-8 files left out. {corpus['val_files']} files
 ({corpus['val_tokens']:,} tokens) were held out for validation, chosen by file with the seed.
-{corpus['chat_samples']:,} ChatML conversations (a function's docstring summary as the user turn,
-the function as the assistant turn) were built from training files. `corpus_manifest.json` lists
+{corpus['chat_samples']:,} ChatML conversations were built from documented functions of training files:
+{chat_note} `corpus_manifest.json` lists
 every file with its sha256 and split; `--manifest` rebuilds from it and checks the hashes.
 Training tokens in the stream: {corpus['train_tokens']:,}.
 
@@ -549,7 +587,7 @@ gradient clipping 1.0, {log['train']['threads']} CPU thread(s) ({log['environmen
 | saved checkpoint | step {log['best_step']:,}, validation loss {log['best_val_loss']:.3f} |
 
 Losses over time are in `training_log.json`.
-
+{_versions_section(out, log)}
 ## Limitations
 
 It has seen nothing but the standard library: it continues code in that style (tkinter calls,

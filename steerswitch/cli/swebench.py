@@ -22,6 +22,9 @@ from steerswitch.cli.common import (
     write_json,
 )
 
+RetrievalMode = Literal["bm25", "hybrid", "dense"]
+RetrievalEncoder = Literal["minilm", "hashing"]
+
 
 def _swebench_instances(dataset: Path, ids: Optional[str], repos: Optional[str], limit: Optional[int],
                         sample: Optional[int], seed: int, split: Optional[str] = None) -> list:
@@ -215,7 +218,10 @@ def swebench_retrieve(
     repo_url: Optional[str] = _SWE_REPO_URL,
     cache_dir: Optional[Path] = _SWE_CACHE,
     k: int = typer.Option(5, "--k", min=1, help="files to retrieve per instance (at least 10 are ranked)"),
-    mode: str = typer.Option("bm25", help="bm25 (dense/hybrid need an encoder; not wired here)"),
+    mode: RetrievalMode = typer.Option("bm25", help="bm25, or hybrid / dense (BM25 fused with / replaced by "
+                                       "sentence embeddings of the chunks, from --encoder)"),
+    encoder: RetrievalEncoder = typer.Option("minilm", help="chunk encoder of --mode hybrid/dense: minilm (the "
+                                             "`embeddings` extra) or hashing (no model)"),
     limit: Optional[int] = typer.Option(None, min=0),
     ids: Optional[str] = typer.Option(None),
     repos: Optional[str] = typer.Option(None),
@@ -237,9 +243,15 @@ def swebench_retrieve(
     from steerswitch.benchmarks.swebench.runner import retrieve_instances
     from steerswitch.rag.retriever import FILE_SIGNALS, Retriever
 
+    cfg = PipelineConfig().retriever.model_copy(update={"mode": mode})
+    chunk_encoder = None
     if mode != "bm25":
-        raise typer.BadParameter("only bm25 is available from this command", param_hint="--mode")
-    cfg = PipelineConfig().retriever
+        from steerswitch.benchmarks.metrics import load_encoder
+
+        try:
+            chunk_encoder = load_encoder(encoder)
+        except ImportError as e:
+            raise typer.BadParameter(str(e), param_hint="--encoder") from e
     if signals is not None:
         names = tuple(x.strip() for x in signals.split(",") if x.strip())
         bad = [x for x in names if x not in FILE_SIGNALS]
@@ -254,11 +266,12 @@ def swebench_retrieve(
     if explain is not None:
         if not insts:
             raise typer.BadParameter(f"no instance {explain!r} in {dataset}", param_hint="--explain")
-        _print_explanation(Retriever.build(cache, insts[0].repo, insts[0].base_commit, config=cfg), insts[0], max(k, 10))
+        _print_explanation(Retriever.build(cache, insts[0].repo, insts[0].base_commit, config=cfg, encoder=chunk_encoder),
+                           insts[0], max(k, 10))
         return
-    cold_res = retrieve_instances(insts, cache, k=k, config=cfg, cold=True) if compare_cold else None
+    cold_res = retrieve_instances(insts, cache, k=k, config=cfg, cold=True, encoder=chunk_encoder) if compare_cold else None
     res = retrieve_instances(insts, cache, k=k, config=cfg, cold=cold and not compare_cold, ablate=ablate,
-                             keep_rankings=keep_rankings)
+                             keep_rankings=keep_rankings, encoder=chunk_encoder)
     t = Table(title=f"file retrieval (n={res['n']}, skipped {len(res['skipped'])}; signals {','.join(res['signals'])})")
     for col in ("recall@1", "recall@5", "recall@10", "s/instance", "s first of repo", "s later"):
         t.add_column(col, justify="right")

@@ -38,6 +38,7 @@ from steerswitch.benchmarks.metrics import summarize
 from steerswitch.benchmarks.report import progress_bar
 from steerswitch.rag.repo import RepoCache
 from steerswitch.rag.corpus import CorpusCache
+from steerswitch.rag.dense import EmbeddingCache, Encoder
 from steerswitch.rag.retriever import Retriever, RetrieverConfig, fuse_rankings
 
 __all__ = ["default_cache_dir", "open_repos", "registry_steer_fn", "GeneratorSettings", "check_variants", "make_generator",
@@ -216,19 +217,22 @@ def _recall_stats(rows: Sequence[dict[str, Any]], key: str = "retrieved") -> dic
 
 def retrieve_instances(instances: Sequence[Instance], repos: RepoCache, k: int = 5,
                        config: RetrieverConfig | None = None, progress: bool = True, cold: bool = False,
-                       ablate: bool = False, keep_rankings: int = 0) -> dict[str, Any]:
+                       ablate: bool = False, keep_rankings: int = 0, encoder: Encoder | None = None) -> dict[str, Any]:
     """Rank files per instance; ``{"k", "recall": {"1","5","10"}, "instances": [...]}`` (+ n, standard errors).
 
     Files are analysed once per blob through one ``CorpusCache`` for the whole run (``cold``: a fresh
     one per instance, i.e. every instance re-reads and re-indexes its repository, for comparison).
     Each row has ``retrieval_seconds`` (build + rank) and ``first_of_repo``; ``per_repo`` has recall per
     repository. ``ablate``: ``ablation`` has recall with each file signal removed in turn (fused from
-    the same per-signal rankings); ``keep_rankings`` > 0 stores each signal's top files per row."""
+    the same per-signal rankings); ``keep_rankings`` > 0 stores each signal's top files per row.
+    ``encoder``: chunks are embedded for ``config.mode`` hybrid/dense, each distinct chunk once per run
+    (an in-memory cache keyed by content hash; ``cold`` starts it afresh per instance too)."""
     if k < 1:
         raise ArgumentError("k", f"must be >= 1, got {k}")
     cfg = config or PipelineConfig().retriever
     depth = max(k, 10)
     corpus = CorpusCache(max_lines=cfg.max_lines, max_chars=cfg.max_chars)
+    embeddings = EmbeddingCache.for_encoder(None, encoder) if encoder is not None else None
     seen_repos: set[str] = set()
     rows: list[dict[str, Any]] = []
     recalls: dict[int, list[float]] = {1: [], 5: [], 10: []}
@@ -243,7 +247,9 @@ def retrieve_instances(instances: Sequence[Instance], repos: RepoCache, k: int =
             try:
                 if cold:
                     corpus = CorpusCache(max_lines=cfg.max_lines, max_chars=cfg.max_chars)
-                retriever = Retriever.build(repos, inst.repo, inst.base_commit, config=cfg, corpus=corpus)
+                    embeddings = EmbeddingCache.for_encoder(None, encoder) if encoder is not None else None
+                retriever = Retriever.build(repos, inst.repo, inst.base_commit, config=cfg, corpus=corpus,
+                                            encoder=encoder, cache=embeddings)
                 if ablate or keep_rankings:
                     rankings = retriever.file_rankings(inst.problem_statement)
                     row["retrieved"] = fuse_rankings(rankings, cfg.rrf_k, k=depth)
