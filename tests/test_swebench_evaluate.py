@@ -291,3 +291,18 @@ def test_cli_gold_and_empty_self_checks(world: dict[str, Any], tmp_path: Path) -
     assert json.loads((tmp_path / "r.json").read_text())["instances"][0]["status"] == "unresolved"
     res = runner.invoke(app, ["swebench", "evaluate", "--gold", *common])
     assert res.exit_code != 0 and "--out" in res.output
+
+
+def test_evaluating_a_subset_keeps_earlier_outcomes_in_the_report(world: dict[str, Any], tmp_path: Path) -> None:
+    mk = world["inst"]
+    insts = [mk("owner__calc-a", world["gold"]), mk("owner__calc-b", world["breaks_p2p"])]
+    preds = {"m": [Prediction(instance_id=i.instance_id, model_name_or_path="m", model_patch=i.patch) for i in insts]}
+    out = tmp_path / "subset"
+    _run(world, out, insts, preds)
+    # a later run over one instance (as with --ids), with a new patch for it
+    redo = {"m": [Prediction(instance_id="owner__calc-b", model_name_or_path="m", model_patch=world["gold"])]}
+    rep = _run(world, out, insts[1:], redo)
+    assert _status(rep) == {"owner__calc-a": ("resolved", None), "owner__calc-b": ("resolved", None)}
+    v = rep["variants"]["m"]
+    assert (v["total_instances"], v["resolved_instances"]) == (2, 2)
+    assert json.loads((out / "evaluation.json").read_text())["variants"]["m"]["resolved_instances"] == 2

@@ -698,6 +698,11 @@ def evaluate(
             else:
                 jobs.append(_Job(variant=variant, pred=p, log_dir=ldir))
     results: dict[tuple[str, str], InstanceOutcome] = dict(done)
+    # Outcomes of earlier runs into the same directory that this run does not redo (e.g. a run with
+    # --ids): the report keeps them, so evaluating a subset never drops what was graded before.
+    running = {(v, p.instance_id) for v, preds in predictions.items() for p in preds}
+    earlier = {(o.variant, o.instance_id): o for o in map(_load_outcome, sorted(root.glob(f"*/*/{OUTCOME_FILE}")))
+               if o is not None and (o.variant, o.instance_id) not in running}
     write_lock = threading.Lock()
 
     def write_report() -> dict[str, Any]:
@@ -707,11 +712,14 @@ def evaluate(
             "config": {"timeout_s": cfg.timeout_s, "workers": workers, **(meta or {})},
             "variants": {}, "instances": [],
         }
-        for variant, preds in predictions.items():
+        for variant in dict.fromkeys([*predictions, *(v for v, _ in earlier)]):
+            preds = predictions.get(variant, [])
             outs = [results[(variant, p.instance_id)] for p in preds if (variant, p.instance_id) in results]
-            rep["variants"][variant] = {"model_name_or_path": preds[0].model_name_or_path if preds else variant,
-                                        **summarize_outcomes(outs, total=len(preds))}
-            rep["instances"].extend(o.model_dump(mode="json") for o in outs)
+            kept = sorted((o for (v, _), o in earlier.items() if v == variant), key=lambda o: o.instance_id)
+            name = preds[0].model_name_or_path if preds else kept[0].model_name_or_path
+            rep["variants"][variant] = {"model_name_or_path": name,
+                                        **summarize_outcomes([*outs, *kept], total=len(preds) + len(kept))}
+            rep["instances"].extend(o.model_dump(mode="json") for o in [*outs, *kept])
         text = json.dumps(rep, indent=2, default=str) + "\n"
         atomic_write_text(out_dir / EVALUATION_FILE, text, durable=True)
         if json_out is not None:
