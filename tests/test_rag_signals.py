@@ -85,7 +85,7 @@ def test_retriever_fuses_text_signals_and_explains() -> None:
     cfg = RetrieverConfig(mode="bm25", file_signals=("chunks", "file", "tests"), signal_weights={"tests": 3.0})
     r = Retriever.from_files(files, cfg, context_files=tests)
     assert r.rank_files(q, k=1) == ["pkg/reader.py"]
-    # the default config fuses all five signals, equally weighted
+    # the default config fuses every signal (from_files has no history, so that one is empty)
     assert Retriever.from_files(files, RetrieverConfig(mode="bm25"), context_files=tests).rank_files(q, k=1) == ["pkg/reader.py"]
     top = r.explain(q, k=3)[0]
     assert top.path == "pkg/reader.py"

@@ -7,7 +7,7 @@ the tuning file's instances of the *other* repositories, then scores that choice
 of every evaluation file. Fusion is recomputed from the kept top-N rankings (weighted RRF, k = 60,
 ties by path, as ``Retriever.file_scores``), so N should be well above 10.
 
-    .venv/bin/python tools/retrieval_loro.py --tune history.json --eval history.json --eval dev.json
+    .venv/bin/python tools/retrieval_loro.py --tune history.json [--tune unseen.json] --eval history.json --eval dev.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 BASE = ("chunks", "file")
-TEXT = ("mentions", "definitions", "tests")
+TEXT = ("mentions", "definitions", "tests", "history")
 KS = (1, 5, 10)
 
 
@@ -77,10 +77,10 @@ def load(path: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tune", type=Path, required=True)
+    ap.add_argument("--tune", type=Path, action="append", required=True, help="repeatable: the files are pooled")
     ap.add_argument("--eval", type=Path, action="append", required=True)
     args = ap.parse_args()
-    tune = load(args.tune)
+    tune = [r for path in args.tune for r in load(path)]
     evals = {p.stem: load(p) for p in args.eval}
     repos = sorted({r["repo"] for r in tune})
     cands = configs()
@@ -113,7 +113,9 @@ def main() -> None:
         n = len(held[e][1])
         t.add_row(e, str(n), "chunks,file", *(mean_se(base[e][k]) for k in KS))
         t.add_row(e, str(n), "LORO choice", *(mean_se(held[e][k]) for k in KS))
-        t.add_row(e, str(n), "default (all five)", *(mean_se(recalls(evals[e], {s: 1.0 for s in (*BASE, *TEXT)})[k]) for k in KS))
+        t.add_row(e, str(n), "all signals", *(mean_se(recalls(evals[e], {s: 1.0 for s in (*BASE, *TEXT)})[k]) for k in KS))
+        overall = max(cands, key=lambda cfg: (*(sum(recalls(tune, cfg)[k]) / len(tune) for k in (5, 1, 10)), -len(cfg)))
+        t.add_row(e, str(n), f"chosen on all tuning rows: {name(overall)}", *(mean_se(recalls(evals[e], overall)[k]) for k in KS))
     con.print(t)
 
 

@@ -119,6 +119,7 @@ class RepoCache:
         # (repo, commit) -> {path: blob sha}; (repo, commit) -> set of missing blob shas
         self._trees: dict[tuple[str, str], dict[str, str]] = {}
         self._missing: dict[tuple[str, str], set[str]] = {}
+        self._changes: dict[str, dict[str, Change | None]] = {}  # repo -> sha -> its change (None: a root commit)
 
     # ------------------------------------------------------------------ opening
     def _local_candidates(self, repo: str) -> list[Path]:
@@ -188,22 +189,31 @@ class RepoCache:
     def changes(self, repo: str, rev: str, exclude: Sequence[str] = (), max_count: int | None = None) -> list[Change]:
         """First-parent changes of ``rev`` (``rev`` itself first, newest first) not reachable from
         ``exclude``, at most ``max_count``; a merge counts as one change (its diff against the first
-        parent). Root commits are left out (no parent to diff against)."""
-        fmt = f"{_SEP}%H{_FIELD}%P{_FIELD}%cI{_FIELD}%B{_FIELD}"
+        parent). Root commits are left out (no parent to diff against).
+
+        A commit's change never changes, so each is read once per ``RepoCache``: a later call (another
+        base commit of the same repository) only diffs the commits it has not seen."""
         limit = [f"--max-count={max_count}"] if max_count is not None else []
-        out = self.git_output(repo, ["log", rev, *[f"^{c}" for c in exclude], "--first-parent", "--diff-merges=first-parent",
-                                     "--name-status", "--no-renames", *limit, f"--format={fmt}"])
-        changes: list[Change] = []
-        for rec in out.split(_SEP)[1:]:
-            sha, parents, date, body, status = rec.split(_FIELD)
-            files: dict[str, str] = {}
-            for line in status.strip().splitlines():
-                parts = line.split("\t")
-                if len(parts) == 2:
-                    files[parts[1]] = parts[0]
-            if parents.split():
-                changes.append(Change(sha, parents.split()[0], date, body.strip(), MappingProxyType(files)))
-        return changes
+        shas = self.git_output(repo, ["rev-list", "--first-parent", *limit, rev, *[f"^{c}" for c in exclude]]).split()
+        seen = self._changes.setdefault(repo, {})
+        missing = [sha for sha in shas if sha not in seen]
+        if missing:
+            fmt = f"{_SEP}%H{_FIELD}%P{_FIELD}%cI{_FIELD}%B{_FIELD}"
+            try:
+                proc = self._run(repo, ["log", "--stdin", "--no-walk=unsorted", "--diff-merges=first-parent",
+                                        "--name-status", "--no-renames", f"--format={fmt}"], input="\n".join(missing).encode())
+            except git.GitCommandError as e:
+                raise ValueError(f"{repo}: git log failed: {_stderr(e)}") from e
+            for rec in proc.stdout.decode("utf-8", "replace").split(_SEP)[1:]:
+                sha, parents, date, body, status = rec.split(_FIELD)
+                files: dict[str, str] = {}
+                for line in status.strip().splitlines():
+                    parts = line.split("\t")
+                    if len(parts) == 2:
+                        files[parts[1]] = parts[0]
+                parent = parents.split()[0] if parents.split() else None
+                seen[sha] = Change(sha, parent, date, body.strip(), MappingProxyType(files)) if parent else None
+        return [c for c in (seen.get(sha) for sha in shas) if c is not None]
 
     def _is_partial(self, repo: str) -> bool:
         r = self.open(repo)
