@@ -86,6 +86,15 @@ def test_tokenizer_special_tokens_no_bos_and_lossless(loaded) -> None:
     assert tokenizer.decode(enc) == text
 
 
+def test_newline_is_a_token_of_its_own(loaded) -> None:
+    # v1's tokenizer fused "\n" with the next line's indentation, so a prompt ending in "\n" looked
+    # like the start of an unindented line; the shipped tokenizer isolates every newline
+    _, tokenizer = loaded
+    pieces = [tokenizer.decode([i]) for i in tokenizer("def f():\n    return 1\n\nx = 2")["input_ids"]]
+    assert pieces.count("\n") == 3, pieces
+    assert all("\n" not in p or p == "\n" for p in pieces), pieces
+
+
 def test_chat_template_renders_chatml(loaded) -> None:
     _, tokenizer = loaded
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add two numbers."}]
@@ -195,3 +204,11 @@ def test_readme_training_command_is_the_shipped_configuration() -> None:
     assert readme_line is not None, "the README shows no training command"
     log = json.loads((root / "steerswitch" / "assets" / "tiny-coder" / "training_log.json").read_text(encoding="utf-8"))
     assert resolved(readme_line.group(0)) == resolved(log["command"])
+    # v1's recipe still resolves to v1's configuration (the flags v2 added default to v1's behaviour)
+    v1 = json.loads((root / "steerswitch" / "assets" / "tiny-coder" / "training_log_v1.json").read_text(encoding="utf-8"))
+    old = resolved(v1["command"])
+    assert (old["hidden"], old["layers"], old["heads"]) == (v1["model_config"]["hidden_size"],
+                                                           v1["model_config"]["num_hidden_layers"],
+                                                           v1["model_config"]["num_attention_heads"])
+    assert old["isolate_newlines"] is v1["tokenizer"]["isolate_newlines"] is False
+    assert (old["chat_samples_n"], old["chat_explain"]) == (v1["corpus"]["chat_samples"], 0.0)

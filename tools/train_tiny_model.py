@@ -484,7 +484,16 @@ is `training_log_v1.json`; its recipe is:
 |---|---|---|---|---|---|---|---|
 {row("v1", v1)}
 {row("this model", log)}
-"""
+{_bpb_comparison(v1, log)}"""
+
+
+def _bpb_comparison(v1: dict, log: dict) -> str:
+    a, b = v1.get("val_bits_per_byte"), log.get("val_bits_per_byte")
+    if a is None or b is None:
+        return ""
+    speed = (log["tokens_seen"] / log["train_seconds"]) / (v1["tokens_seen"] / v1["train_seconds"])
+    return (f"\nBits per byte, this model vs v1: {b / a - 1:+.1%}. Tokens per second of training, this model vs v1: "
+            f"{speed:.2f}x (same CPU, {log['train']['threads']} thread).\n")
 
 
 def _registry_section(card: Path) -> str:
