@@ -5,7 +5,8 @@ Procedure (recorded in the model card):
    neutral `extract` prompts, every layer (`steerswitch.vectors.commands.extract_registry`).
 2. Search: `steerswitch.benchmarks.sweep.run_sweep` over layers x relative alphas on the
    neutral `extract` prompts (the tuning set), alpha = 0 control included. The best cell per
-   domain maximises the keyword score among cells that stay fluent (rep3 and surprise bounds).
+   domain maximises the semantic domain score among cells that stay fluent (rep3 and surprise
+   bounds relative to the alpha = 0 control); a degenerate cell is never written.
 3. The held-out neutral `eval` prompts are left for `steerswitch demo` and the tests.
 
     python tools/build_default_registry.py [--model-dir steerswitch/assets/tiny-coder]

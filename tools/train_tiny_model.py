@@ -1,8 +1,11 @@
 """Train `tiny-coder`, the small Llama that steerswitch ships as its embedded default model.
 
-Run it from the repository root::
+Run it from the repository root. The shipped model (v2)::
 
-    .venv/bin/python tools/train_tiny_model.py --seed 0 --minutes 35
+    .venv/bin/python tools/train_tiny_model.py --seed 0 --minutes 70 --hidden 256 --heads 8 --eval-every 200 \
+        --isolate-newlines --chat-samples 4000 --chat-explain 0.35 --manifest steerswitch/assets/tiny-coder/corpus_manifest.json
+
+v1 is the defaults with ``--minutes 35`` (its full command is in ``training_log_v1.json``).
 
 Pipeline (all offline, CPU-friendly):
 
@@ -16,8 +19,10 @@ Pipeline (all offline, CPU-friendly):
    bytes, split); ``--manifest`` rebuilds from such a list and fails if any file's hash differs.
 2. Split: validation files are drawn by file with ``--seed`` (no file is in both splits).
 3. Chat samples: functions with docstrings from *training* files become ChatML conversations
-   (user = docstring summary, assistant = the function), so the model has seen the chat template
-   that agents use. They are a small fraction of the tokens (``--chat-samples``).
+   (user = docstring summary or "Write `name(args)`.", assistant = the function; with
+   ``--chat-explain`` a fraction ask "What does `module.name` do?" and get the docstring), so the
+   model has seen the chat template that agents use. They are a small fraction of the tokens
+   (``--chat-samples``).
 4. Tokenizer: byte-level BPE (``tokenizers``), trained on the training split only; saved as a
    ``PreTrainedTokenizerFast`` with a ChatML chat template. ``tokenizer(text)`` adds **no** BOS
    or EOS token (no post-processor, like GPT-2/Qwen): documents in training are separated by
@@ -293,8 +298,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, isolate_newlines: boo
     With the plain GPT-2 regex (the default, and the shipped model) a newline merges with the
     next line's indentation ("\n   "), so a prompt ending in "\n" looks like the start of an
     unindented line and the model continues `def f():\n` at column 0. ``isolate_newlines`` makes
-    every "\n" a token of its own, which removes that boundary effect (not yet shipped: the
-    domain registry is built on the current model).
+    every "\n" a token of its own, which removes that boundary effect (v1 had the GPT-2 regex;
+    v2, the shipped model, isolates newlines).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
