@@ -29,6 +29,9 @@ from steerswitch.session import Session
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tests" / "lm_eval_tasks"
 DOMAIN = "bug_analysis"
+# a steer's effect on a log-likelihood: 50x the 1e-3 parity tolerance, and no assumption about the
+# shipped registry's alpha (which a registry rebuild changes)
+STEER_EFFECT = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def test_alpha_zero_is_unsteered_and_a_steer_changes_scores(session: Session) ->
     zero = _scores(SteerSwitchLM(session=session, domain=DOMAIN, scale=0.0, batch_size=4)._loglikelihood_tokens(requests, disable_tqdm=True))
     steered = _scores(SteerSwitchLM(session=session, domain=DOMAIN, batch_size=4)._loglikelihood_tokens(requests, disable_tqdm=True))
     assert torch.equal(zero, base)
-    assert (steered - base).abs().max() > 0.5
+    assert (steered - base).abs().max() > STEER_EFFECT
     # the shared model is left unsteered
     assert session.engine.active() is None
 
@@ -89,7 +92,7 @@ def test_rolling_loglikelihood_goes_through_the_engine(session: Session) -> None
     plain = HFLM(pretrained=session.model, tokenizer=session.tokenizer, batch_size=2).loglikelihood_rolling(texts, disable_tqdm=True)
     steered = SteerSwitchLM(session=session, domain=DOMAIN, batch_size=2).loglikelihood_rolling(texts, disable_tqdm=True)
     assert torch.allclose(torch.tensor(ours), torch.tensor(plain), atol=1e-3)
-    assert max(abs(a - b) for a, b in zip(ours, steered)) > 0.5
+    assert max(abs(a - b) for a, b in zip(ours, steered)) > STEER_EFFECT
 
 
 @pytest.mark.parametrize("positions", ["all", "generated", "prompt"])
@@ -177,7 +180,7 @@ def test_export_route_gives_the_same_loglikelihoods(session: Session, tmp_path: 
     other = _scores(theirs._loglikelihood_tokens(requests, disable_tqdm=True))
     base = _scores(SteerSwitchLM(session=session, batch_size=4)._loglikelihood_tokens(requests, disable_tqdm=True))
     assert torch.allclose(ours, other, atol=1e-3)
-    assert (ours - base).abs().max() > 0.5  # the match is not two unsteered runs
+    assert (ours - base).abs().max() > STEER_EFFECT  # the match is not two unsteered runs
 
 
 def _tiny_gpt2_with_tokenizer(session: Session) -> tuple[Any, Any]:
