@@ -55,6 +55,7 @@ Mode = Literal["bm25", "dense", "hybrid"]
 FileSignal = Literal["chunks", "file", "mentions", "definitions", "tests", "history"]
 FILE_SIGNALS: tuple[str, ...] = ("chunks", "file", "mentions", "definitions", "tests", "history")
 TEXT_SIGNALS: tuple[str, ...] = ("mentions", "definitions", "tests", "history")
+DEFAULT_SIGNAL_WEIGHTS: dict[FileSignal, float] = {"history": 0.25}  # see RetrieverConfig.file_signals
 
 _TEST_DIRS = {"test", "tests", "testing"}
 
@@ -109,7 +110,7 @@ class RetrieverConfig(BaseModel):
     # the SWE-bench Lite dev split and on a set mined from six repositories never tuned on (README).
     file_signals: tuple[FileSignal, ...] = ("chunks", "file", "mentions", "definitions", "tests", "history")
     # RRF weight per file signal (absent = 1.0); "chunks" weights each chunk ranking
-    signal_weights: dict[FileSignal, float] = Field(default_factory=lambda: {"history": 0.25})
+    signal_weights: dict[FileSignal, float] = Field(default_factory=lambda: dict(DEFAULT_SIGNAL_WEIGHTS))
     candidates: int = Field(1000, gt=0)  # depth of each ranking fed to fusion
     history_depth: int = Field(2000, ge=0)  # earlier first-parent changes the "history" signal searches
     history_top: int = Field(20, gt=0)  # most similar earlier changes that vote
