@@ -114,3 +114,20 @@ def test_history_signal_sees_only_changes_up_to_the_base_commit(history: tuple[R
     assert "dev instance" in at_last.explain("the dev instance's issue", k=1)[0].contributions[0].detail
     assert Retriever.build(repos, "o/lib", c["short"], config=cfg.model_copy(update={"history_depth": 0})).signal_scores(
         "A is wrong when loading", "history") == {}
+
+
+def test_unreadable_history_leaves_the_other_signals_working(history: tuple[RepoCache, dict[str, str]],
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from steerswitch.rag.retriever import Retriever
+
+    repos, c = history
+
+    def broken(*args: object, **kwargs: object) -> list:
+        raise ValueError("o/lib: git log failed: missing tree")
+
+    monkeypatch.setattr(repos, "changes", broken)
+    r = Retriever.build(repos, "o/lib", c["short"])
+    assert r.signal_scores("A is wrong when loading", "history") == {}
+    assert r.rank_files("lib/a.py gives the wrong value", k=1) == ["lib/a.py"]  # the mentions signal
+    assert "history signal disabled" in caplog.text

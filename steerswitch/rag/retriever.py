@@ -14,8 +14,9 @@ Invariants:
   chunks), and the issue-text signals of ``rag.signals`` -- ``mentions`` (paths, modules, traceback
   frames), ``definitions`` (names the file defines, weighted by rarity), ``tests`` (sources
   imported by the test files the text names) and ``history`` (files edited by the earlier changes
-  whose messages resemble the text: only changes before ``commit``, at most ``history_depth``;
-  ``build`` reads them, ``from_files`` has none). ``explain`` shows each signal's rank and share.
+  whose messages resemble the text: only ``commit``'s own change and earlier ones, at most
+  ``history_depth``; ``build`` reads them, ``from_files`` has none, and a history git cannot read,
+  e.g. a tree-less partial clone, leaves the signal empty with a warning instead of failing). ``explain`` shows each signal's rank and share.
 - ``build`` reads and analyses files through a ``CorpusCache`` keyed by blob sha (by default one
   shared by the process), so a later commit of the same repository only analyses changed files.
 - Results are deterministic: ties break by corpus order (sorted paths, then line order).
@@ -23,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +52,8 @@ from steerswitch.rag.tokens import code_tokens, path_tokens
 
 __all__ = ["RetrieverConfig", "Retriever", "ScoredChunk", "FileExplanation", "SignalContribution", "is_test_path",
            "rrf", "shared_corpus", "FILE_SIGNALS", "fuse_rankings"]
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["bm25", "dense", "hybrid"]
 FileSignal = Literal["chunks", "file", "mentions", "definitions", "tests", "history"]
@@ -244,9 +248,13 @@ class Retriever:
         if "history" in cfg.file_signals and cfg.history_depth:
             indexed = {r.path for r in records}
             # ``commit`` is the base: the changes are its own and earlier ones, never a later fix
+            try:
+                changes = repos.changes(repo, commit, max_count=cfg.history_depth)
+            except ValueError as e:  # the other signals still work without the history
+                log.warning("%s@%s: history signal disabled: %s", repo, commit[:12], e)
+                changes = []
             past = PastChanges([(ch.message, [p for p in ch.files if p in indexed])
-                                for ch in repos.changes(repo, commit, max_count=cfg.history_depth)
-                                if any(p in indexed for p in ch.files)], top=cfg.history_top)
+                                for ch in changes if any(p in indexed for p in ch.files)], top=cfg.history_top)
         r = cls(config=cfg, encoder=encoder, cache=cache, progress=progress, records=records, all_paths=all_paths,
                 imports_of=lambda p: corpus.imports(repos, repo, commit, p), past_changes=past)
         r.repo, r.commit = repo, commit
