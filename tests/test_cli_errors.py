@@ -32,6 +32,28 @@ def test_user_errors_are_one_line_exit_2(args: list[str], needle: str, capsys: p
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo"],
+        ["run", "task"],
+        ["vectors", "extract", "--out", "unused-out"],
+        ["sweep"],
+        ["bench", "composition"],
+        ["bench", "serve"],
+        ["serve-openai"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_every_model_loading_command_reports_a_bad_model_alike(args: list[str], tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One mapping (cli.common.load_session): the same unloadable --model reads the same everywhere."""
+    code = main([*[str(tmp_path / a) if a == "unused-out" else a for a in args], "--model", str(tmp_path / "no-such-model")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"cannot load model '{tmp_path / 'no-such-model'}'" in err and "--model" in err and "no such local directory" in err
+    assert not (tmp_path / "unused-out").exists()
+
+
 @pytest.fixture
 def broken_command():
     @app.command("explode-for-test", hidden=True)

@@ -38,17 +38,18 @@ def _bench_ints(text: str, hint: str) -> list[int]:
 
 
 def _bench_context(model: str, registry: Optional[Path], load_engine: bool = True):
-    from steerswitch.benchmarks.sweep import load_context, load_registry
+    """(engine, registry, registry path) for a command that needs a registry; without ``load_engine``
+    the engine is None and only the registry is read (a driver whose workers load the model)."""
+    from steerswitch.benchmarks.sweep import load_registry
     from steerswitch.vectors.registry import RegistryError
 
+    if load_engine:
+        session = load_session(model, registry, default="default")
+        return session.engine, session.registry, session.registry_path
     try:
-        return load_context(model, registry) if load_engine else (None, *load_registry(model, registry))
-    except RegistryError as e:
+        return (None, *load_registry(model, registry))
+    except (RegistryError, FileNotFoundError) as e:
         raise bad_parameter(e, "--registry") from None
-    except FileNotFoundError as e:
-        raise bad_parameter(e, "--registry" if "registry" in str(e) else "--model") from None
-    except (OSError, ValueError) as e:
-        raise typer.BadParameter(f"cannot load model '{model}': {e}", param_hint="--model") from None
 
 
 def _bench_progress(total: int, label: str):
@@ -105,14 +106,15 @@ def load_session(model: str, registry: "Path | str | None", device: str | None =
     model that cannot be loaded each become a usage error naming their flag. `default`: what a
     missing --registry means ("auto": the model's own if it has one; "default": required; None: none)."""
     from steerswitch.engine.loading import ModelNotFoundError
+    from steerswitch.errors import ArgumentError
     from steerswitch.session import Session
     from steerswitch.vectors.registry import RegistryError
 
-    if isinstance(registry, Path) and not registry.is_file():
-        raise typer.BadParameter(f"{registry}: no such file", param_hint="--registry")
-    try:
+    try:  # Session.load checks the registry file before loading weights
         return Session.load(model, str(registry) if isinstance(registry, Path) else (registry if registry is not None else default), device=device)
     except RegistryError as e:
         raise bad_parameter(e, "--registry") from None
-    except (ModelNotFoundError, FileNotFoundError, OSError) as e:
-        raise bad_parameter(e, "--model") from None
+    except ArgumentError as e:  # e.g. a --device torch does not know
+        raise bad_parameter(e) from None
+    except (ModelNotFoundError, OSError, ValueError) as e:
+        raise typer.BadParameter(f"cannot load model '{model}': {e}", param_hint="--model") from None

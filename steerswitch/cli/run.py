@@ -11,7 +11,7 @@ from steerswitch.agents.prompt import describe_cut
 from steerswitch.tables import fit
 
 from steerswitch.cli._app import app
-from steerswitch.cli.common import DEFAULT_MODEL, write_json, bad_parameter
+from steerswitch.cli.common import DEFAULT_MODEL, bad_parameter, load_session, write_json
 
 
 @app.command()
@@ -28,11 +28,11 @@ def demo(
     from rich.progress import Progress
 
     from steerswitch.benchmarks import demo as demo_mod
-    from steerswitch.benchmarks.sweep import load_context
 
     console = Console()
     with console.status(f"loading {model}"):
-        engine, reg, reg_path = load_context(model, registry)
+        session = load_session(model, registry, default="default")
+    engine, reg, reg_path = session.engine, session.registry, session.registry_path
     prompts = demo_mod.default_prompts(prompts_n)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("generating", total=len(prompts))
@@ -74,19 +74,11 @@ def run_command(
     from rich.console import Console
     from rich.panel import Panel
 
-    from steerswitch.engine import ModelNotFoundError
-    from steerswitch.session import Session
-    from steerswitch.vectors.registry import RegistryError
     from steerswitch.orchestrator import AlphaPolicy, load_scenarios, run_task
     from steerswitch.orchestrator.live import LiveView, summary_table
 
     console = Console()
-    try:
-        session = Session.load(model, registry if registry is not None else "auto", device=device)
-    except RegistryError as e:
-        raise bad_parameter(e, "--registry") from None
-    except (ModelNotFoundError, OSError, ValueError) as e:
-        raise typer.BadParameter(f"cannot load model '{model}': {e}", param_hint="--model") from None
+    session = load_session(model, registry, device)
     engine, reg = session.engine, session.registry
     if reg is None and variant != "baseline":
         raise typer.BadParameter(f"variant '{variant}' needs a registry: pass --registry (the model has no registry.yaml)", param_hint="--registry")

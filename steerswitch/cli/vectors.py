@@ -14,13 +14,8 @@ from steerswitch.cli.common import DEFAULT_MODEL, bad_parameter, load_session, w
 
 
 def _vectors_load_model(model: str, device: Optional[str]):
-    """(model, tokenizer) through the one loader (`Session.load`, no registry: extraction makes one)."""
-    from steerswitch.session import Session
-
-    try:
-        session = Session.load(model, registry=None, device=device)
-    except (OSError, ValueError) as e:
-        raise typer.BadParameter(f"cannot load model '{model}': {e}", param_hint="--model") from None
+    """(model, tokenizer) through the one loader, without a registry (extraction makes one)."""
+    session = load_session(model, None, device, default=None)
     return session.model, session.tokenizer
 
 
