@@ -24,7 +24,7 @@ from textwrap import dedent
 
 from steerswitch.benchmarks.swebench.instances import INSTANCE_FIELDS  # noqa: E402 - the one schema list
 
-__all__ = ["FixtureBug", "FixtureRepo", "make_fixture_repo", "make_instances", "INSTANCE_FIELDS"]
+__all__ = ["FixtureBug", "FixtureRepo", "make_fixture_repo", "make_instances", "INSTANCE_FIELDS", "git", "commit"]
 
 
 
@@ -281,7 +281,11 @@ _POWER_PROBLEM = dedent("""\
 
 # ---------------------------------------------------------------------------------------- building
 
-def _git(repo: Path, *args: str, date: str | None = None) -> str:
+FIXED_DATE = "2024-01-01T00:00:00"
+
+
+def git(repo: Path, *args: str, date: str | None = None, input: str | None = None) -> str:
+    """``git args`` in ``repo`` with a fixed identity and no user or system config; its stdout."""
     env = {
         **os.environ,
         "GIT_AUTHOR_NAME": "Fixture",
@@ -293,21 +297,21 @@ def _git(repo: Path, *args: str, date: str | None = None) -> str:
     }
     if date is not None:
         env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = date
-    return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True, input=input).stdout
 
 
-def _write(repo: Path, files: dict[str, str]) -> None:
+def commit(repo: Path, files: dict[str, str | None], message: str, date: str = FIXED_DATE) -> str:
+    """Write ``files`` (None deletes one), commit everything and return the new commit's sha."""
     for rel, text in files.items():
         p = repo / rel
+        if text is None:
+            p.unlink()
+            continue
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
-
-
-def _commit(repo: Path, files: dict[str, str], message: str, date: str) -> str:
-    _write(repo, files)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", message, date=date)
-    return _git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message, date=date)
+    return git(repo, "rev-parse", "HEAD").strip()
 
 
 def _diff_against(repo: Path, commit: str, files: dict[str, str]) -> str:
@@ -333,7 +337,7 @@ def make_fixture_repo(root: Path, name: str = "acme__calc") -> FixtureRepo:
         raise ValueError(f"name must look like 'owner__name', got {name!r}")
     path = Path(root) / name
     path.mkdir(parents=True)
-    _git(path, "init", "-q", "-b", "main")
+    git(path, "init", "-q", "-b", "main")
     commits: list[str] = []
     readme: dict[str, str] = {}
     steps = [
@@ -344,7 +348,7 @@ def make_fixture_repo(root: Path, name: str = "acme__calc") -> FixtureRepo:
         ({"README.md": _README[3], "calc/stats.py": _STATS_BUGGY, "tests/test_stats.py": _TEST_STATS}, "Add statistics"),
     ]
     for i, (files, msg) in enumerate(steps):
-        sha = _commit(path, files, msg, date=f"2024-01-0{i + 1}T12:00:00+00:00")
+        sha = commit(path, files, msg, date=f"2024-01-0{i + 1}T12:00:00+00:00")
         commits.append(sha)
         readme[sha] = files["README.md"]
     repo = name.replace("__", "/", 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,31 +9,17 @@ import pytest
 from steerswitch.rag.corpus import CorpusCache, analyse_file, module_name, python_definitions, python_imports
 from steerswitch.rag.repo import RepoCache
 from steerswitch.rag.retriever import Retriever, RetrieverConfig
-
-
-def _git(cwd: Path, *args: str) -> str:
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "GIT_AUTHOR_DATE": "2024-01-01T00:00:00", "GIT_COMMITTER_DATE": "2024-01-01T00:00:00", "PATH": "/usr/bin:/bin"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _commit(repo: Path, files: dict[str, str], msg: str) -> str:
-    for p, text in files.items():
-        (repo / p).parent.mkdir(parents=True, exist_ok=True)
-        (repo / p).write_text(text)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", msg)
-    return _git(repo, "rev-parse", "HEAD")
+from fixtures_repos import commit, git
 
 
 @pytest.fixture
 def two_commits(tmp_path: Path) -> tuple[RepoCache, str, str]:
     repo = tmp_path / "repos" / "o__lib"
     repo.mkdir(parents=True)
-    _git(repo, "init", "-q", "-b", "main")
+    git(repo, "init", "-q", "-b", "main")
     files = {f"lib/m{i}.py": f"def f{i}(x):\n    return x + {i}\n" for i in range(5)}
-    c1 = _commit(repo, files, "one")
-    c2 = _commit(repo, {"lib/m0.py": "def f0(x):\n    return x * 2\n"}, "two")
+    c1 = commit(repo, files, "one")
+    c2 = commit(repo, {"lib/m0.py": "def f0(x):\n    return x * 2\n"}, "two")
     return RepoCache(tmp_path / "cache", repos_dir=tmp_path / "repos", url_template=None), c1, c2
 
 

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 from pathlib import Path
 
 import pytest
-from fixtures_repos import FixtureRepo, make_fixture_repo
+from fixtures_repos import FixtureRepo, git, make_fixture_repo
 
 from steerswitch.rag.repo import RepoCache, RepoNotFoundError
-
-
-def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture
@@ -30,9 +25,9 @@ def test_old_commit_read_leaves_user_repo_untouched(fx: FixtureRepo, cache: Repo
     # the user has uncommitted work: an edited tracked file and a staged change
     (fx.path / "README.md").write_text("my local edit\n")
     (fx.path / "calc" / "ops.py").write_text((fx.path / "calc" / "ops.py").read_text() + "# staged\n")
-    _git(fx.path, "add", "calc/ops.py")
-    head_before = _git(fx.path, "rev-parse", "HEAD")
-    status_before = _git(fx.path, "status", "--porcelain")
+    git(fx.path, "add", "calc/ops.py")
+    head_before = git(fx.path, "rev-parse", "HEAD")
+    status_before = git(fx.path, "status", "--porcelain")
     index_before = (fx.path / ".git" / "index").read_bytes()
 
     old = fx.commits[0]
@@ -46,8 +41,8 @@ def test_old_commit_read_leaves_user_repo_untouched(fx: FixtureRepo, cache: Repo
         assert (wt / "README.md").read_text() == fx.readme_by_commit[old]
         assert not (wt / "calc" / "stats.py").exists()
 
-    assert _git(fx.path, "rev-parse", "HEAD") == head_before
-    assert _git(fx.path, "status", "--porcelain") == status_before
+    assert git(fx.path, "rev-parse", "HEAD") == head_before
+    assert git(fx.path, "status", "--porcelain") == status_before
     assert (fx.path / ".git" / "index").read_bytes() == index_before
     assert (fx.path / "README.md").read_text() == "my local edit\n"
 
@@ -57,7 +52,7 @@ def test_read_files_batch_and_unknown_path(fx: FixtureRepo, cache: RepoCache, ca
     with caplog.at_level(logging.WARNING, logger="steerswitch.rag.repo"):
         got = cache.read_files(fx.repo, fx.commits[1], paths)
     assert set(got) == {"calc/ops.py", "calc/parser.py"}
-    assert got["calc/ops.py"] == _git(fx.path, "show", f"{fx.commits[1]}:calc/ops.py")
+    assert got["calc/ops.py"] == git(fx.path, "show", f"{fx.commits[1]}:calc/ops.py")
     assert "no/such.py" in caplog.text
     with pytest.raises(KeyError, match="no/such.py"):
         cache.read_file(fx.repo, fx.head, "no/such.py")
@@ -69,7 +64,7 @@ def test_worktree_removed_and_pruned_even_on_error(fx: FixtureRepo, cache: RepoC
             (wt / "scratch.txt").write_text("x")
             raise RuntimeError("boom")
     assert not wt.exists()
-    assert len(_git(fx.path, "worktree", "list", "--porcelain").split("worktree ")) == 2  # only the main one
+    assert len(git(fx.path, "worktree", "list", "--porcelain").split("worktree ")) == 2  # only the main one
     assert not (fx.path / ".git" / "worktrees").exists() or not any((fx.path / ".git" / "worktrees").iterdir())
 
 
@@ -98,14 +93,14 @@ def test_clone_into_cache_once_and_clear_errors(tmp_path: Path, fx: FixtureRepo)
 
 def test_missing_blob_in_partial_clone_is_skipped(tmp_path: Path, fx: FixtureRepo,
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    _git(fx.path, "config", "uploadpack.allowfilter", "true")
+    git(fx.path, "config", "uploadpack.allowfilter", "true")
     mirrors = tmp_path / "mirrors"
     mirrors.mkdir()
     # blobs over 600 bytes are left out, like mirrors that lack big files
-    _git(tmp_path, "clone", "-q", "--bare", "--filter=blob:limit=600", f"file://{fx.path}",
+    git(tmp_path, "clone", "-q", "--bare", "--filter=blob:limit=600", f"file://{fx.path}",
          str(mirrors / "acme__calc.git"))
-    big = {p for p in _git(fx.path, "ls-tree", "-r", "--name-only", fx.head).split()
-           if len(_git(fx.path, "show", f"{fx.head}:{p}").encode()) > 600}
+    big = {p for p in git(fx.path, "ls-tree", "-r", "--name-only", fx.head).split()
+           if len(git(fx.path, "show", f"{fx.head}:{p}").encode()) > 600}
     assert "calc/parser.py" in big
     rc = RepoCache(tmp_path / "cache", repos_dir=mirrors, url_template=None)
     with caplog.at_level(logging.WARNING, logger="steerswitch.rag.repo"):
@@ -117,12 +112,12 @@ def test_missing_blob_in_partial_clone_is_skipped(tmp_path: Path, fx: FixtureRep
 
 
 def test_worktree_of_partial_clone_fails_clearly_and_cleans_up(tmp_path: Path, fx: FixtureRepo) -> None:
-    _git(fx.path, "config", "uploadpack.allowfilter", "true")
+    git(fx.path, "config", "uploadpack.allowfilter", "true")
     mirrors = tmp_path / "m"
     mirrors.mkdir()
-    _git(tmp_path, "clone", "-q", "--bare", "--filter=blob:limit=600", f"file://{fx.path}", str(mirrors / "acme__calc"))
+    git(tmp_path, "clone", "-q", "--bare", "--filter=blob:limit=600", f"file://{fx.path}", str(mirrors / "acme__calc"))
     rc = RepoCache(tmp_path / "cache", repos_dir=mirrors, url_template=None)
     with pytest.raises(RuntimeError, match="acme/calc@.*worktree"):
         with rc.worktree(fx.repo, fx.head):
             pass
-    assert _git(mirrors / "acme__calc", "worktree", "list").count("\n") == 1
+    assert git(mirrors / "acme__calc", "worktree", "list").count("\n") == 1

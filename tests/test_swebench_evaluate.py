@@ -34,15 +34,10 @@ from steerswitch.benchmarks.swebench.specs import (
     resolve_specs,
 )
 from steerswitch.rag.repo import RepoCache
+from fixtures_repos import git
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 REPO = "owner/calc"
-
-
-def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
-                          env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-                               "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}).stdout
 
 
 BASE_CALC = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n"
@@ -53,12 +48,12 @@ NEW_TESTS = BASE_TESTS + "\n\ndef test_add():\n    from calc import add\n    ass
 def _diff(repo: Path, scratch: Path, files: dict[str, str]) -> str:
     """The unified diff that turns the base commit into ``files`` (made in a scratch clone)."""
     if scratch.exists():
-        _git(scratch, "checkout", "-q", "--", ".")
+        git(scratch, "checkout", "-q", "--", ".")
     else:
-        _git(repo.parent, "clone", "-q", str(repo), str(scratch))
+        git(repo.parent, "clone", "-q", str(repo), str(scratch))
     for name, text in files.items():
         (scratch / name).write_text(text)
-    return _git(scratch, "diff")
+    return git(scratch, "diff")
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +64,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (repo / "tests").mkdir()
     (repo / "calc" / "__init__.py").write_text(BASE_CALC)
     (repo / "tests" / "test_calc.py").write_text(BASE_TESTS)
-    _git(repo, "init", "-q")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", "base")
-    base = _git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "base")
+    base = git(repo, "rev-parse", "HEAD").strip()
     scratch = root / "scratch"
     test_patch = _diff(repo, scratch, {"tests/test_calc.py": NEW_TESTS})
     fixed = BASE_CALC.replace("a - b", "a + b")
@@ -121,8 +116,8 @@ def _status(rep: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
 
 
 def _repo_state(repo: Path) -> tuple[str, str, str, str]:
-    return (_git(repo, "rev-parse", "HEAD"), _git(repo, "status", "--porcelain"), _git(repo, "worktree", "list", "--porcelain"),
-            _git(repo, "branch", "--list"))
+    return (git(repo, "rev-parse", "HEAD"), git(repo, "status", "--porcelain"), git(repo, "worktree", "list", "--porcelain"),
+            git(repo, "branch", "--list"))
 
 
 def test_gold_resolves_empty_does_not_and_user_repo_unchanged(world: dict[str, Any], tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,43 +13,26 @@ from steerswitch.benchmarks.swebench.instances import INSTANCE_FIELDS, load_inst
 from steerswitch.benchmarks.swebench.patch import patch_files
 from steerswitch.cli import app
 from steerswitch.rag.repo import RepoCache
-
-
-def _git(cwd: Path, *args: str) -> str:
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "GIT_AUTHOR_DATE": "2024-01-01T00:00:00", "GIT_COMMITTER_DATE": "2024-01-01T00:00:00", "PATH": "/usr/bin:/bin"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _commit(repo: Path, files: dict[str, str | None], msg: str) -> str:
-    for p, text in files.items():
-        if text is None:
-            (repo / p).unlink()
-            continue
-        (repo / p).parent.mkdir(parents=True, exist_ok=True)
-        (repo / p).write_text(text)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", msg)
-    return _git(repo, "rev-parse", "HEAD")
+from fixtures_repos import commit, git
 
 
 @pytest.fixture
 def history(tmp_path: Path) -> tuple[RepoCache, dict[str, str]]:
     repo = tmp_path / "repos" / "o__lib"
     repo.mkdir(parents=True)
-    _git(repo, "init", "-q", "-b", "main")
+    git(repo, "init", "-q", "-b", "main")
     c: dict[str, str] = {}
-    c["init"] = _commit(repo, {"lib/a.py": "A = 1\n", "lib/b.py": "B = 1\n", "tests/test_a.py": "T = 1\n",
+    c["init"] = commit(repo, {"lib/a.py": "A = 1\n", "lib/b.py": "B = 1\n", "tests/test_a.py": "T = 1\n",
                                "README.md": "x\n"}, "initial import of the library (#1)")
-    c["good"] = _commit(repo, {"lib/a.py": "A = 2\n", "tests/test_a.py": "T = 2\n", "README.md": "y\n"},
+    c["good"] = commit(repo, {"lib/a.py": "A = 2\n", "tests/test_a.py": "T = 2\n", "README.md": "y\n"},
                         "Fix the value of A when loading (#12)\n\nCo-authored-by: x <x@y>")
-    c["noref"] = _commit(repo, {"lib/b.py": "B = 2\n"}, "Change the value of B quietly")
-    c["testonly"] = _commit(repo, {"tests/test_a.py": "T = 3\n"}, "Only tests change here (#13)")
-    c["added"] = _commit(repo, {"lib/c.py": "C = 1\n", "lib/a.py": "A = 3\n"}, "Add module c and tweak a (#14)")
-    c["revert"] = _commit(repo, {"lib/b.py": "B = 1\n"}, "Revert the change of B value (#15)")
-    c["two"] = _commit(repo, {"lib/a.py": "A = 4\n", "lib/b.py": "B = 4\n"}, "Make A and B agree again, gh-16")
-    c["short"] = _commit(repo, {"lib/a.py": "A = 5\n"}, "fix #17")
-    c["excluded"] = _commit(repo, {"lib/a.py": "A = 6\n"}, "Fix the dev instance's issue (#99)")
+    c["noref"] = commit(repo, {"lib/b.py": "B = 2\n"}, "Change the value of B quietly")
+    c["testonly"] = commit(repo, {"tests/test_a.py": "T = 3\n"}, "Only tests change here (#13)")
+    c["added"] = commit(repo, {"lib/c.py": "C = 1\n", "lib/a.py": "A = 3\n"}, "Add module c and tweak a (#14)")
+    c["revert"] = commit(repo, {"lib/b.py": "B = 1\n"}, "Revert the change of B value (#15)")
+    c["two"] = commit(repo, {"lib/a.py": "A = 4\n", "lib/b.py": "B = 4\n"}, "Make A and B agree again, gh-16")
+    c["short"] = commit(repo, {"lib/a.py": "A = 5\n"}, "fix #17")
+    c["excluded"] = commit(repo, {"lib/a.py": "A = 6\n"}, "Fix the dev instance's issue (#99)")
     return RepoCache(tmp_path / "cache", repos_dir=tmp_path / "repos", url_template=None), c
 
 

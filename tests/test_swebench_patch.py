@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
-from fixtures_repos import FixtureRepo, make_fixture_repo
+from fixtures_repos import FixtureRepo, git, make_fixture_repo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,14 +21,6 @@ from steerswitch.benchmarks.swebench.patch import (
     repair_diff,
     validate_patch,
 )
-
-_GIT_ENV = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t",
-            "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-
-def _git(cwd: Path, *args: str, input: str | None = None) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, env=_GIT_ENV, check=True, capture_output=True, text=True,
-                          input=input).stdout
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +37,14 @@ def linky(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
     (outside / "victim.py").write_text("x = 1\n")
     repo = root / "repo"
     repo.mkdir()
-    _git(repo, "init", "-q", "-b", "main")
+    git(repo, "init", "-q", "-b", "main")
     (repo / "pkg").mkdir()
     (repo / "pkg" / "mod.py").write_text("x = 1\n")
     os.symlink(outside, repo / "out")
     os.symlink("..", repo / "up")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "init")
-    return repo / ".git", _git(repo, "rev-parse", "HEAD").strip(), outside
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "init")
+    return repo / ".git", git(repo, "rev-parse", "HEAD").strip(), outside
 
 
 def _git_dir(fx: FixtureRepo) -> str:
@@ -61,18 +52,18 @@ def _git_dir(fx: FixtureRepo) -> str:
 
 
 def _file_at(fx: FixtureRepo, commit: str, path: str) -> str:
-    return _git(fx.path, "show", f"{commit}:{path}")
+    return git(fx.path, "show", f"{commit}:{path}")
 
 
 def _apply_to(diff: str, files: dict[str, str], tmp: Path) -> dict[str, str]:
     """Apply ``diff`` with git apply in a scratch dir holding ``files``; return their new texts."""
     tmp.mkdir(parents=True, exist_ok=True)
-    _git(tmp, "init", "-q")
+    git(tmp, "init", "-q")
     for p, text in files.items():
         (tmp / p).parent.mkdir(parents=True, exist_ok=True)
         (tmp / p).write_text(text)
     (tmp / "x.patch").write_text(diff)
-    _git(tmp, "apply", "x.patch")
+    git(tmp, "apply", "x.patch")
     return {p: (tmp / p).read_text() for p in files}
 
 
