@@ -265,8 +265,10 @@ class ContinuousDecoder:
 
     def _take(self, live: _Live, logits: torch.Tensor) -> None:
         """Sample `live`'s next token from its logits and hand it to the row."""
-        context = torch.tensor([live.row.ids + live.tokens], dtype=torch.long, device=logits.device)
-        scores = live.processors(context, logits.float().unsqueeze(0))
+        scores = logits.float().unsqueeze(0)
+        if live.processors:  # greedy with no penalties needs no context: skip building it every token
+            context = torch.tensor([live.row.ids + live.tokens], dtype=torch.long, device=logits.device)
+            scores = live.processors(context, scores)
         if live.row.do_sample:
             probs = torch.softmax(scores, dim=-1)
             token = int(torch.multinomial(probs, 1, generator=live.generator).item())
