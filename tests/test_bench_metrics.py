@@ -213,3 +213,17 @@ def test_fluency_bounds_bind_relative_to_the_control() -> None:
     assert not b.check(0.21, 5.0, 0.10, 5.0).fluent and "rep3" in b.check(0.21, 5.0, 0.10, 5.0).reasons[0]
     assert not b.check(0.10, 6.6, 0.10, 5.0).fluent
     assert not b.check(None, None, 0.1, 5.0).fluent
+
+
+def test_silence_is_not_fluent() -> None:
+    """Empty outputs have rep3 0 and no surprise: without their own bound, a vector that makes the
+    model stop at once would pass as fluent (tiny-coder v2's test_writing vector left 12 of 31
+    held-out outputs empty and passed the rep3 and surprise bounds)."""
+    from steerswitch.benchmarks.metrics import FluencyBounds, empty_share
+
+    b = FluencyBounds()
+    assert empty_share(["x", "", "  \n", None, "y"]) == 0.6 and empty_share([]) == 0.0
+    assert b.check(0.05, 2.0, 0.10, 2.5, empty=12 / 31, control_empty=0.0).reasons == ["39% of outputs empty > unsteered 0% + 10%"]
+    assert b.check(0.05, 2.0, 0.10, 2.5, empty=0.3, control_empty=0.25).fluent  # the control is as quiet
+    assert b.check(0.0, None, 0.10, 2.5, empty=1.0, control_empty=1.0).reasons == ["every output is empty"]
+    assert FluencyBounds(max_empty_delta=0.5).check(0.05, 2.0, 0.10, 2.5, empty=12 / 31).fluent

@@ -461,12 +461,18 @@ def write_samples_and_card(out: Path) -> None:
     write_model_card(out, log)
 
 
+def _earlier_versions(out: Path) -> list[tuple[str, dict]]:
+    """("v1", log), ("v2", log), ...: the logs ``training_log_vN.json`` kept next to this model."""
+    found = [(int(m.group(1)), p) for p in out.glob("training_log_v*.json") if (m := re.fullmatch(r"training_log_v(\d+)\.json", p.name))]
+    return [(f"v{n}", json.loads(p.read_text())) for n, p in sorted(found)]
+
+
 def _versions_section(out: Path, log: dict) -> str:
-    """v1 next to this model, when ``training_log_v1.json`` (v1's log, scored with --score-only) is in ``out``."""
-    path = out / "training_log_v1.json"
-    if not path.is_file():
+    """Earlier versions next to this model, when their logs (``training_log_vN.json``, scored with
+    --score-only) are in ``out``."""
+    earlier = _earlier_versions(out)
+    if not earlier:
         return ""
-    v1 = json.loads(path.read_text())
 
     def row(name: str, lg: dict) -> str:
         tok = "newlines isolated" if lg.get("tokenizer", {}).get("isolate_newlines") else "GPT-2 regex"
@@ -474,30 +480,30 @@ def _versions_section(out: Path, log: dict) -> str:
         return (f"| {name} | {lg['parameters']:,} | {tok} | {lg['train_seconds'] / 60:.0f} min | {lg['tokens_seen']:,} | "
                 f"{lg['final_val_loss']:.3f} | {'n/a' if bpb is None else f'{bpb:.3f}'} | {lg['final_val_chat_loss']:.3f} |")
 
+    recipes = "\n".join(f"- {name} (`training_log_{name}.json`):\n\n  ```\n  {lg['command']}\n  ```\n" for name, lg in earlier)
+    rows = "\n".join(row(name, lg) for name, lg in earlier)
+    comparisons = "".join(_bpb_comparison(name, lg, log) for name, lg in earlier)
     return f"""
 ### Versions
 
-Both were trained and validated on the same held-out files (`corpus_manifest.json`). Loss per token
-depends on the tokenizer, so bits per byte of the held-out files is the comparable figure. v1's log
-is `training_log_v1.json`; its recipe is:
+All were trained and validated on the same held-out files (`corpus_manifest.json`). Loss per token
+depends on the tokenizer, so bits per byte of the held-out files is the comparable figure. The
+earlier versions' logs and recipes:
 
-```
-{v1['command']}
-```
-
+{recipes}
 | version | parameters | tokenizer | training | tokens seen | val loss / token | val bits / byte | chat val loss / token |
 |---|---|---|---|---|---|---|---|
-{row("v1", v1)}
+{rows}
 {row("this model", log)}
-{_bpb_comparison(v1, log)}"""
+{comparisons}"""
 
 
-def _bpb_comparison(v1: dict, log: dict) -> str:
-    a, b = v1.get("val_bits_per_byte"), log.get("val_bits_per_byte")
+def _bpb_comparison(name: str, old: dict, log: dict) -> str:
+    a, b = old.get("val_bits_per_byte"), log.get("val_bits_per_byte")
     if a is None or b is None:
         return ""
-    speed = (log["tokens_seen"] / log["train_seconds"]) / (v1["tokens_seen"] / v1["train_seconds"])
-    return (f"\nBits per byte, this model vs v1: {b / a - 1:+.1%}. Tokens per second of training, this model vs v1: "
+    speed = (log["tokens_seen"] / log["train_seconds"]) / (old["tokens_seen"] / old["train_seconds"])
+    return (f"\nBits per byte, this model vs {name}: {b / a - 1:+.1%}. Tokens per second of training, this model vs {name}: "
             f"{speed:.2f}x (same CPU, {log['train']['threads']} thread).\n")
 
 

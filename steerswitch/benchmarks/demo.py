@@ -6,8 +6,8 @@ Invariants:
   way, paired by prompt: the semantic domain score (`metrics.SemanticScorer`, the first metric)
   and that domain's keyword list (word-boundary matching, the second).
 - A domain outside the fluency bounds (`metrics.FluencyBounds`: rep3 <= unsteered + 0.1, surprise
-  <= unsteered + 1.5 bits/token, both outputs scored under the unsteered model) is flagged
-  degenerate and shown as failing.
+  <= unsteered + 1.5 bits/token, both outputs scored under the unsteered model, and empty outputs
+  <= unsteered's share + 0.1) is flagged degenerate and shown as failing.
 - The summary covers every held-out neutral prompt (the `eval` split: used neither to extract
   the vectors nor to choose their layer and alpha), with n and standard errors.
 """
@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from steerswitch.benchmarks.metrics import (
     FluencyBounds,
+    empty_share,
     keyword_count,
     mean_se,
     paired_differences,
@@ -122,7 +123,8 @@ def run_demo(
                 hits_diff=d_mean, hits_diff_se=d_se,
                 rep3_steered=rep3, rep3_unsteered=rep3_control,
                 surprise_steered=surprise[domain], surprise_unsteered=surprise["unsteered"],
-                degenerate=FluencyBounds().check(rep3, surprise[domain], rep3_control, surprise["unsteered"]).reasons, **sem,
+                degenerate=FluencyBounds().check(rep3, surprise[domain], rep3_control, surprise["unsteered"],
+                                                 empty_share(outputs[domain]), empty_share(outputs["unsteered"])).reasons, **sem,
             )
         )
     return DemoResult(

@@ -26,8 +26,10 @@ Invariants:
   the domain than to neutral text. An empty output scores 0. Steered and unsteered outputs are
   scored by the same scorer; keyword hits stay a second, named metric.
 - Fluency bounds (`FluencyBounds`): a steered result is fluent when its mean rep3 <= the
-  unsteered rep3 + 0.1 and its mean surprise <= the unsteered surprise + 1.5 bits/token (the
-  unsteered values on the same prompts); otherwise it is `degenerate`.
+  unsteered rep3 + 0.1, its mean surprise <= the unsteered surprise + 1.5 bits/token and its share
+  of empty outputs <= the unsteered share + 0.1 (the unsteered values on the same prompts; an empty
+  output has rep3 0 and no surprise, so the first two bounds alone would call silence fluent);
+  otherwise it is `degenerate`.
 - Standard errors use the sample standard deviation (ddof = 1) / sqrt(n); n < 2 gives se = nan.
   Bootstrap intervals are percentile intervals from a seeded generator, so they are reproducible.
 - The harmonic-mean combiner gives 0 when any score is 0 (a fluent answer that ignores the
@@ -311,6 +313,11 @@ def semantic_scorer(registry: Any, domains: Sequence[str] | None = None, encoder
 # ---------------------------------------------------------------------------------------------
 
 
+def empty_share(texts: Sequence[str | None]) -> float:
+    """The share of outputs with no text but whitespace (0 for no outputs)."""
+    return sum(1 for t in texts if not (t or "").strip()) / len(texts) if texts else 0.0
+
+
 class FluencyCheck(BaseModel):
     fluent: bool
     reasons: list[str] = Field(default_factory=list)
@@ -327,11 +334,18 @@ class FluencyBounds(BaseModel):
 
     max_rep3_delta: float = Field(default=0.1, ge=0)  # mean rep3 above the unsteered mean rep3
     max_surprise_delta: float = Field(default=1.5, ge=0)  # bits/token above the unsteered mean surprise
+    max_empty_delta: float = Field(default=0.1, ge=0)  # share of empty outputs above the unsteered share
 
-    def check(self, rep3: float | None, surprise: float | None, control_rep3: float | None, control_surprise: float | None) -> FluencyCheck:
+    def check(self, rep3: float | None, surprise: float | None, control_rep3: float | None, control_surprise: float | None,
+              empty: float = 0.0, control_empty: float = 0.0) -> FluencyCheck:
         """Fluent or degenerate, with the bound(s) broken. A missing steered rep3 is degenerate
-        (nothing to judge); a missing surprise (no generated token) skips that bound."""
+        (nothing to judge); a missing surprise (no generated token) skips that bound. ``empty`` /
+        ``control_empty``: the shares of outputs with no text (see `empty_share`)."""
         reasons: list[str] = []
+        if empty >= 1.0:
+            reasons.append("every output is empty")
+        elif empty > control_empty + self.max_empty_delta + 1e-12:
+            reasons.append(f"{empty:.0%} of outputs empty > unsteered {control_empty:.0%} + {self.max_empty_delta:.0%}")
         if rep3 is None or math.isnan(rep3):
             reasons.append("no rep3")
         elif rep3 > (control_rep3 or 0.0) + self.max_rep3_delta + 1e-12:

@@ -31,9 +31,10 @@ Invariants:
 - Optional, per row: sampling diversity (unique responses among k temperature samples; these
   depend on the batch layout, unlike the greedy metrics) and judged scores from any judge callable
   (concept = the domain's registry description), aggregated as their harmonic mean.
-- Fluency binds (`metrics.FluencyBounds`): a cell whose mean rep3 exceeds the control's + 
-  `max_rep3_delta` (0.1) or whose mean surprise exceeds the control's + `max_surprise_delta` (1.5
-  bits/token) is `degenerate`. A degenerate cell is never chosen and `write_best` refuses to write
+- Fluency binds (`metrics.FluencyBounds`): a cell whose mean rep3 exceeds the control's +
+  `max_rep3_delta` (0.1), whose mean surprise exceeds the control's + `max_surprise_delta` (1.5
+  bits/token) or whose share of empty outputs exceeds the control's + `max_empty_delta` (0.1) is
+  `degenerate`. A degenerate cell is never chosen and `write_best` refuses to write
   one into a registry.
 - Best (layer, alpha) per domain: the highest mean semantic score among the non-zero-alpha fluent
   cells (keyword hits when no domain reference prompts are known). Ties go to the smaller |alpha|.
@@ -68,6 +69,7 @@ from steerswitch.benchmarks.executor import (
 from steerswitch.benchmarks.metrics import (
     ENCODER_CHOICES,
     FluencyBounds,
+    empty_share,
     SemanticScorer,
     Summary,
     distinct_n,
@@ -150,6 +152,7 @@ class SweepConfig(BaseModel):
     seed: int = 0
     max_rep3_delta: float = Field(default=0.1, ge=0)  # fluency: mean rep3 at most the control's + this
     max_surprise_delta: float = Field(default=1.5, ge=0)  # fluency: bits/token above the control
+    max_empty_delta: float = Field(default=0.1, ge=0)  # fluency: share of empty outputs above the control's
     encoder: str = "auto"  # the semantic score's sentence encoder (metrics.load_encoder)
     bootstrap: int = 0  # bootstrap resamples for confidence intervals (0: standard errors only)
     diversity_samples: int = Field(default=0, ge=0)  # k sampled responses per prompt and cell (0: skip)
@@ -176,7 +179,8 @@ class SweepConfig(BaseModel):
 
     @property
     def bounds(self) -> FluencyBounds:
-        return FluencyBounds(max_rep3_delta=self.max_rep3_delta, max_surprise_delta=self.max_surprise_delta)
+        return FluencyBounds(max_rep3_delta=self.max_rep3_delta, max_surprise_delta=self.max_surprise_delta,
+                             max_empty_delta=self.max_empty_delta)
 
     def grid_alphas(self) -> list[float]:
         """The alphas of a table row: the control 0 and the swept alphas, in order."""
@@ -349,7 +353,7 @@ class SweepIncompleteError(RuntimeError):
 
 
 ITEMS_FILE = "items.jsonl"
-_DRIVER_ONLY = {"bootstrap", "max_rep3_delta", "max_surprise_delta", "encoder", "judge"}  # used after the items, in the driver
+_DRIVER_ONLY = {"bootstrap", "max_rep3_delta", "max_surprise_delta", "max_empty_delta", "encoder", "judge"}  # used after the items, in the driver
 
 
 def items_fingerprint(config: SweepConfig, prompts: Sequence[str], layers: dict[str, list[int]], vectors: dict[str, Any]) -> str:
@@ -501,6 +505,7 @@ def _aggregate(
         ctrl_sem = {r.prompt_index: r.semantic for r in ctrl_rows}
         ctrl_surprise = summarize([r.surprise for r in ctrl_rows]).mean
         ctrl_rep3 = summarize([r.rep3 for r in ctrl_rows]).mean
+        ctrl_empty = empty_share([r.text for r in ctrl_rows])
         for layer in layers[domain]:
             for alpha in config.grid_alphas():
                 cell_rows = ctrl_rows if alpha == 0 else sorted(by_cell.get((domain, layer, alpha), []), key=lambda r: r.prompt_index)
@@ -524,11 +529,9 @@ def _aggregate(
                     judge=summarize([r.judge["combined"] if r.judge else None for r in cell_rows], b, seed=seed),
                     fluent=False,
                 )
-                check = config.bounds.check(agg.rep3.mean, agg.surprise.mean, ctrl_rep3, ctrl_surprise)
+                empty = empty_share([r.text for r in cell_rows]) if alpha != 0 else 0.0
+                check = config.bounds.check(agg.rep3.mean, agg.surprise.mean, ctrl_rep3, ctrl_surprise, empty, ctrl_empty)
                 agg.fluent, agg.fluency_reasons = check.fluent, check.reasons
-                if alpha != 0 and cell_rows and all(not (r.text or "").strip() for r in cell_rows):
-                    # empty text has rep3 0 and no surprise, so the bounds alone would call it fluent
-                    agg.fluent, agg.fluency_reasons = False, [*agg.fluency_reasons, "every output is empty"]
                 out.append(agg)
     return out
 
@@ -587,7 +590,8 @@ def choose_best(config: SweepConfig, aggregates: list[CellAggregate]) -> dict[st
             best[domain] = BestChoice(
                 domain=domain, layer=None, alpha=None, alpha_units=config.alpha_units, keyword_count=None,
                 control_keyword_count=control_kw, beats_control=False, metric=metric, control_semantic=control.semantic.mean,
-                reason=f"every cell is degenerate (rep3 > control + {config.max_rep3_delta:g} or surprise > control + {config.max_surprise_delta:g} bits)",
+                reason=(f"every cell is degenerate (rep3 > control + {config.max_rep3_delta:g}, surprise > control + "
+                        f"{config.max_surprise_delta:g} bits or empty outputs > control + {config.max_empty_delta:.0%})"),
             )
             continue
         top = max(candidates, key=lambda a: (score(a), -abs(a.alpha)))
@@ -754,7 +758,7 @@ def tables(result: SweepResult) -> list[Any]:
             "chg: outputs changed vs alpha 0; KL1 / KL: KL(steered||unsteered) in bits, first token / mean over tokens; "
             f"surp: bits/token under the unsteered model; sem: semantic domain score ({result.encoder or 'none'}); "
             f"kw: keyword hits; Δ: paired vs alpha 0; ok: fluent (rep3 <= alpha 0 + {result.config.max_rep3_delta:g}, "
-            f"surp <= alpha 0 + {result.config.max_surprise_delta:g}) or degenerate"
+            f"surp <= alpha 0 + {result.config.max_surprise_delta:g}, empty <= alpha 0 + {result.config.max_empty_delta:.0%}) or degenerate"
             + ("; div: unique responses among k samples" if result.config.diversity_samples else "")
             + ("; judge: harmonic mean of judged concept / instruction / fluency (0-2)" if result.config.judge else "")
         )

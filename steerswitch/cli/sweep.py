@@ -41,6 +41,7 @@ def sweep_command(
     repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty"),
     max_rep3_delta: float = typer.Option(0.1, "--max-rep3-delta", min=0, help="fluency: a cell's mean rep3 is at most the control's + this (else degenerate)"),
     max_surprise_delta: float = typer.Option(1.5, "--max-surprise-delta", min=0, help="fluency: mean surprise at most the control's + this many bits/token (else degenerate)"),
+    max_empty_delta: float = typer.Option(0.1, "--max-empty-delta", min=0, help="fluency: share of empty outputs at most the control's + this (else degenerate)"),
     encoder: str = typer.Option("auto", "--encoder", help="sentence encoder of the semantic score: minilm (the embeddings extra), hashing, or auto (minilm when installed)"),
     bootstrap: int = typer.Option(0, "--bootstrap", min=0, help="bootstrap resamples for confidence intervals (0: standard errors only)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="rows per generate call (default: a whole layer)"),
@@ -72,7 +73,7 @@ def sweep_command(
             layers=[int(x) for x in _bench_ints(layers, "--layers")] if layers else None,
             alphas=_bench_floats(alphas, "--alphas") if alphas else list(default_alphas), alpha_units=units,
             max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, batch_size=batch_size, seed=seed,
-            max_rep3_delta=max_rep3_delta, max_surprise_delta=max_surprise_delta, encoder=encoder, bootstrap=bootstrap,
+            max_rep3_delta=max_rep3_delta, max_surprise_delta=max_surprise_delta, max_empty_delta=max_empty_delta, encoder=encoder, bootstrap=bootstrap,
             diversity_samples=diversity_samples, temperature=temperature, judge=judge,
         )
         prompts = sw.eval_prompts(prompts_n, prompt_file)
