@@ -212,3 +212,11 @@ def test_readme_training_command_is_the_shipped_configuration() -> None:
                                                            v1["model_config"]["num_attention_heads"])
     assert old["isolate_newlines"] is v1["tokenizer"]["isolate_newlines"] is False
     assert (old["chat_samples_n"], old["chat_explain"]) == (v1["corpus"]["chat_samples"], 0.0)
+    # every earlier version's recipe still resolves to that version's configuration
+    for name in ("v1", "v2"):
+        earlier = json.loads((root / "steerswitch" / "assets" / "tiny-coder" / f"training_log_{name}.json").read_text(encoding="utf-8"))
+        params = resolved(earlier["command"])
+        cfg = earlier["model_config"]
+        assert (params["hidden"], params["layers"], params["heads"], params["kv_heads"]) == (
+            cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]), name
+        assert params["isolate_newlines"] is earlier["tokenizer"]["isolate_newlines"], name

@@ -1,11 +1,13 @@
 """Train `tiny-coder`, the small Llama that steerswitch ships as its embedded default model.
 
-Run it from the repository root. The shipped model (v2)::
+Run it from the repository root. The shipped model (v3)::
 
-    .venv/bin/python tools/train_tiny_model.py --seed 0 --minutes 70 --hidden 256 --heads 8 --eval-every 200 \
+    .venv/bin/python tools/train_tiny_model.py --seed 0 --minutes 70 --eval-every 200 \
         --isolate-newlines --chat-samples 4000 --chat-explain 0.35 --manifest steerswitch/assets/tiny-coder/corpus_manifest.json
 
-v1 is the defaults with ``--minutes 35`` (its full command is in ``training_log_v1.json``).
+v1 is the defaults with ``--minutes 35``; v2 added ``--hidden 256 --heads 8`` to v3's flags. Their
+full commands are in ``training_log_v1.json`` and ``training_log_v2.json``, which the model card's
+Versions section compares (``--card-only`` rewrites the card).
 
 Pipeline (all offline, CPU-friendly):
 
