@@ -317,3 +317,18 @@ def test_serve_and_bench_name_a_bad_model_or_registry(tmp_path: Any, capsys: pyt
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert flag in err and err.count("\n") <= 2, err
+
+
+def test_bench_clients_all_start_before_timing() -> None:
+    """`bench serve` times only after every client process is up (a process still importing competes
+    with the server for the CPU and inflated TTFT p95 3-6x)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from steerswitch.benchmarks.serve_bench import start_all
+
+    with ProcessPoolExecutor(max_workers=3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pids = start_all(pool, 3)
+        assert len(pids) == 3
+        assert len(pool._processes) == 3  # noqa: SLF001 - the pool spawned no more than it was asked for
+
