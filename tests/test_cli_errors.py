@@ -54,6 +54,21 @@ def test_every_model_loading_command_reports_a_bad_model_alike(args: list[str], 
     assert not (tmp_path / "unused-out").exists()
 
 
+def test_a_driver_that_reads_only_the_registry_names_a_bad_model_too(tmp_path) -> None:
+    """`sweep --executor ray` reads the registry in the driver without loading the model: an unknown
+    model is still a --model error, a missing registry file a --registry one."""
+    import typer
+
+    from steerswitch.cli.common import _bench_context
+
+    with pytest.raises(typer.BadParameter) as info:
+        _bench_context(str(tmp_path / "no-such-model"), None, load_engine=False)
+    assert info.value.param_hint == "--model" and "cannot load model" in str(info.value)
+    with pytest.raises(typer.BadParameter) as info:
+        _bench_context("tiny-coder", tmp_path / "missing.yaml", load_engine=False)
+    assert info.value.param_hint == "--registry" and "no such registry file" in str(info.value)
+
+
 @pytest.fixture
 def broken_command():
     @app.command("explode-for-test", hidden=True)

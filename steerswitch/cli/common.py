@@ -41,6 +41,7 @@ def _bench_context(model: str, registry: Optional[Path], load_engine: bool = Tru
     """(engine, registry, registry path) for a command that needs a registry; without ``load_engine``
     the engine is None and only the registry is read (a driver whose workers load the model)."""
     from steerswitch.benchmarks.sweep import load_registry
+    from steerswitch.engine.loading import ModelNotFoundError
     from steerswitch.vectors.registry import RegistryError
 
     if load_engine:
@@ -48,6 +49,8 @@ def _bench_context(model: str, registry: Optional[Path], load_engine: bool = Tru
         return session.engine, session.registry, session.registry_path
     try:
         return (None, *load_registry(model, registry))
+    except ModelNotFoundError as e:  # no registry of its own to find: the model is the error
+        raise typer.BadParameter(f"cannot load model '{model}': {e}", param_hint="--model") from None
     except (RegistryError, FileNotFoundError) as e:
         raise bad_parameter(e, "--registry") from None
 
